@@ -29,6 +29,8 @@ export interface SimDeviceOptions {
   /** Where a failed RESUMING -> STOP leaves the device: ERROR (default) or RESUMING. */
   readonly resumeFailure?: 'ERROR' | 'RESUMING';
   readonly faults?: Fault[];
+  /** A process that keeps the device open across our restarts (see lock.ts). */
+  readonly holder?: number;
 }
 
 interface Persisted {
@@ -73,14 +75,17 @@ export class SimDevice implements MigrationDevice, ArcStepper {
   static async open(opts: SimDeviceOptions): Promise<SimDevice> {
     const home = simDeviceDir(opts.dir, opts.name);
     await mkdir(home, { recursive: true });
-    await acquireLock(join(home, 'lock'), opts.name);
+    const hold = await acquireLock(join(home, 'lock'), opts.name, opts.holder);
     try {
       const meta = await loadOrCreate(home, opts);
       const file = await open(join(home, 'state.bin'), 'r+');
       const dev = new SimDevice(opts.name, home, opts, meta, file, new Uint8Array(Math.ceil(meta.stateSize / meta.pageSize)));
-      // Found stopped: its last holder went away without bringing it back, and the kernel resets a
-      // device on last close. So does the simulation.
-      if (meta.state !== 'RUNNING') await dev.resetState(`found ${meta.state} at open: the last holder closed it`);
+      // Found stopped with nobody holding it: its last holder went away without bringing it back, and
+      // the kernel resets a device on last close. So does the simulation. A live holder kept it open:
+      // the state is intact, but any data_fd died with the process that had it.
+      if (meta.state !== 'RUNNING' && !hold.keptByHolder) {
+        await dev.resetState(`found ${meta.state} at open: the last holder closed it`);
+      }
       await dev.persist();
       dev.startWorkload();
       return dev;
@@ -161,7 +166,9 @@ export class SimDevice implements MigrationDevice, ArcStepper {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.meta.state !== 'RUNNING') await this.resetState('closed while not RUNNING (the kernel resets on last close)');
+    if (this.meta.state !== 'RUNNING' && !this.opts.holder) {
+      await this.resetState('closed while not RUNNING (the kernel resets on last close)');
+    }
     this.closed = true;
     this.stopWorkload();
     await this.endSessions('device closed');

@@ -1,0 +1,19 @@
+/**
+ * Relay failures. Each code is also the condition reason the controller records, so a person reading
+ * status learns what broke without reading logs.
+ */
+export type RelayCode =
+  | 'PeerUnreachable'
+  | 'PeerRefused'
+  | 'StreamMismatch'
+  | 'StreamAborted'
+  | 'DeviceReadFailed'
+  | 'DeviceWriteFailed'
+  | 'Cancelled';
+
+export class RelayError extends Error {
+  override readonly name = 'RelayError';
+  constructor(readonly code: RelayCode, message: string, readonly status?: number) {
+    super(message);
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * The source half of the relay: reads the device's data_fd and writes it to an HTTP/2 stream to the
+ * target agent, with backpressure end to end (a full flow-control window stops our reads), a
+ * bandwidth limit, and the byte count and digest sent as trailers after the last byte.
+ */
+import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DeviceError, type SaveStream } from '../vfio/device.js';
+import { Wire, createStreamDigest, type DigestAlgorithm } from './digest.js';
+import { RelayError } from './errors.js';
+import { CHUNK, clientOptions, type TlsMaterial } from './h2.js';
+import { Throttle } from './throttle.js';
+
+export interface SendOptions {
+  /** The target agent, e.g. https://127.0.0.2:9443 */
+  readonly endpoint: string;
+  readonly tls: TlsMaterial;
+  readonly migration: string;
+  /** The device on the target that receives. */
+  readonly device: string;
+  readonly ticket: string;
+  readonly algorithm: DigestAlgorithm;
+  readonly bandwidth?: number;
+  readonly signal: AbortSignal;
+  /** How long to wait after PRE_COPY's ENOMSG before reading again. */
+  readonly precopyPollMs?: number;
+  onProgress?(bytes: number): void;
+}
+
+export interface TargetVerdict {
+  readonly verified: boolean;
+  readonly bytes: number;
+  readonly digest: string;
+  readonly error?: string;
+}
+
+export interface SendResult {
+  readonly bytes: number;
+  readonly digest: string;
+  readonly target: TargetVerdict;
+}
+
+/**
+ * Where a failed send stood: whether every byte had left (then the target may have the whole state
+ * and only the controller may decide what happens next).
+ */
+export class SendFailure extends RelayError {
+  constructor(cause: RelayError, readonly allSent: boolean, readonly bytes: number) {
+    super(cause.code, cause.message, cause.status);
+  }
+}
+
+export async function sendStream(save: SaveStream, opts: SendOptions): Promise<SendResult> {
+  const session = await openSession(opts);
+  const state = { bytes: 0, allSent: false };
+  try {
+    const req = session.request({
+      ':method': 'PUT',
+      ':path': `/v1/migrations/${encodeURIComponent(opts.migration)}/stream`,
+      'content-type': 'application/octet-stream',
+      [Wire.ticket]: opts.ticket,
+      [Wire.device]: opts.device,
+      [Wire.algorithm]: opts.algorithm,
+    }, { waitForTrailers: true, signal: opts.signal });
+    const response = readResponse(req);
+    response.catch(() => undefined); // observed below; a failed write must not leave it unhandled
+    const digest = await pump(save, req, opts, state);
+    state.allSent = true;
+    const target = await response;
+    return { bytes: state.bytes, digest, target };
+  } catch (e) {
+    throw new SendFailure(asRelayError(e, opts), state.allSent, state.bytes);
+  } finally {
+    session.close();
+  }
+}
+
+async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions, state: { bytes: number }): Promise<string> {
+  const digest = createStreamDigest(opts.algorithm);
+  const throttle = new Throttle(opts.bandwidth);
+  for (;;) {
+    opts.signal.throwIfAborted();
+    const buf = Buffer.allocUnsafe(CHUNK);
+    const n = await readDevice(save, buf);
+    if (n === 'ENOMSG') {
+      // PRE_COPY's temporary end of data: the device may dirty more, or the controller may move it to
+      // STOP_COPY; either way the same data_fd goes on.
+      await sleep(opts.precopyPollMs ?? 5, undefined, { signal: opts.signal });
+      continue;
+    }
+    if (n === 0) break;
+    const chunk = buf.subarray(0, n);
+    digest.update(chunk);
+    state.bytes += n;
+    await throttle.take(n, opts.signal);
+    if (!req.write(chunk)) await once(req, 'drain', { signal: opts.signal });
+    opts.onProgress?.(state.bytes);
+  }
+  const value = digest.value();
+  req.once('wantTrailers', () => req.sendTrailers({ [Wire.bytes]: String(state.bytes), [Wire.digest]: value }));
+  req.end();
+  return value;
+}
+
+async function readDevice(save: SaveStream, buf: Buffer): Promise<number | 'ENOMSG'> {
+  try {
+    return await save.read(buf);
+  } catch (e) {
+    if (e instanceof DeviceError) throw new RelayError('DeviceReadFailed', `reading the source data_fd failed: ${e.message} (${e.errno})`);
+    throw e;
+  }
+}
+
+async function readResponse(req: ClientHttp2Stream): Promise<TargetVerdict> {
+  const [headers] = (await once(req, 'response')) as [Record<string, string | number>];
+  const status = Number(headers[':status']);
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  const text = Buffer.concat(chunks).toString('utf8');
+  let body: Partial<TargetVerdict> & { error?: string; message?: string };
+  try {
+    body = JSON.parse(text) as typeof body;
+  } catch {
+    throw new RelayError('PeerRefused', `the target answered ${status} with a body that is not JSON: ${text.slice(0, 200)}`, status);
+  }
+  if (status === 200 && body.verified) return body as TargetVerdict;
+  const code = status === 422 ? 'StreamMismatch' : 'PeerRefused';
+  throw new RelayError(code, `the target refused the stream (${status}): ${body.message ?? body.error ?? text}`, status);
+}
+
+async function openSession(opts: SendOptions): Promise<ClientHttp2Session> {
+  const session = connect(opts.endpoint, clientOptions(opts.tls));
+  session.on('error', () => undefined); // surfaced through the request that fails
+  try {
+    await once(session, 'connect', { signal: opts.signal });
+  } catch (e) {
+    session.destroy();
+    throw new RelayError('PeerUnreachable', `cannot reach the target agent at ${opts.endpoint}: ${(e as Error).message}`);
+  }
+  session.setLocalWindowSize(clientOptions(opts.tls).settings?.initialWindowSize ?? 65535);
+  return session;
+}
+
+function asRelayError(e: unknown, opts: SendOptions): RelayError {
+  if (e instanceof RelayError) return e;
+  if (opts.signal.aborted) return new RelayError('Cancelled', `the send was cancelled: ${String(opts.signal.reason)}`);
+  const err = e as NodeJS.ErrnoException;
+  if (err.code === 'ERR_HTTP2_STREAM_ERROR' || err.code === 'ERR_HTTP2_SESSION_ERROR' || err.code === 'ECONNRESET') {
+    return new RelayError('StreamAborted', `the stream to ${opts.endpoint} broke: ${err.message}`);
+  }
+  return new RelayError('PeerUnreachable', `sending to ${opts.endpoint} failed: ${err.message}`);
+}
+
+export const NGHTTP2_CANCEL = constants.NGHTTP2_CANCEL;
