@@ -1,0 +1,88 @@
+/**
+ * A client of one agent's control API over HTTP/2 with mutual TLS: what the controller, the CLI and
+ * peer agents use. Failures carry the agent's error code and the whole answer (arcs included).
+ */
+import { connect, type ClientHttp2Session } from 'node:http2';
+import { once } from 'node:events';
+import type {
+  CancelRequest, CommitRequest, DeviceView, ReceiveRequest, ResetRequest, SendRequest, SessionView, SetStateRequest,
+} from './api.js';
+import type { ArcResult } from '../vfio/device.js';
+import { clientOptions, type TlsMaterial } from '../relay/h2.js';
+
+export interface ArcsAnswer {
+  readonly arcs: ArcResult[];
+  readonly state: string;
+  readonly replayed?: boolean;
+  readonly error?: { readonly code: string; readonly errno?: string; readonly message: string };
+  readonly bytes?: number;
+  readonly digest?: string;
+}
+
+export class AgentCallError extends Error {
+  override readonly name = 'AgentCallError';
+  constructor(readonly status: number, readonly code: string, message: string, readonly body: unknown) {
+    super(message);
+  }
+}
+
+const REQUEST_TIMEOUT_MS = 30_000;
+
+export class AgentClient {
+  private session: ClientHttp2Session | undefined;
+
+  constructor(readonly endpoint: string, private readonly tls: TlsMaterial, private readonly timeoutMs = REQUEST_TIMEOUT_MS) {}
+
+  health = () => this.call<{ ok: boolean }>('GET', '/healthz');
+  ready = () => this.call<{ ready: boolean }>('GET', '/readyz');
+  devices = () => this.call<{ node: string; devices: DeviceView[] }>('GET', '/v1/devices');
+  device = (d: string) => this.call<DeviceView>('GET', `/v1/devices/${enc(d)}`);
+  setState = (d: string, r: SetStateRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/state`, r);
+  reset = (d: string, r: ResetRequest) => this.call<{ state: string }>('POST', `/v1/devices/${enc(d)}/reset`, r);
+  release = (d: string, r: ResetRequest) => this.call<{ released: boolean }>('POST', `/v1/devices/${enc(d)}/release`, r);
+  receive = (d: string, r: ReceiveRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/receive`, r);
+  send = (d: string, r: SendRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/send`, r);
+  commit = (d: string, r: CommitRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/commit`, r);
+  migration = (m: string) => this.call<{ sessions: SessionView[] }>('GET', `/v1/migrations/${enc(m)}`);
+  cancel = (m: string, r: CancelRequest) => this.call<{ devices: unknown[] }>('POST', `/v1/migrations/${enc(m)}/cancel`, r);
+
+  close(): void {
+    this.session?.close();
+    this.session = undefined;
+  }
+
+  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const session = await this.connect();
+    const req = session.request({ ':method': method, ':path': path, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) });
+    req.setTimeout(this.timeoutMs, () => req.close());
+    req.end(body !== undefined ? JSON.stringify(body) : undefined);
+    const [headers] = (await once(req, 'response')) as [Record<string, string | number>];
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const status = Number(headers[':status']);
+    const text = Buffer.concat(chunks).toString('utf8');
+    const parsed = text ? (JSON.parse(text) as Record<string, unknown>) : {};
+    if (status >= 200 && status < 300) return parsed as T;
+    const err = parsed.error as { code?: string; message?: string } | string | undefined;
+    const code = typeof err === 'object' ? err.code ?? 'Error' : String(err ?? 'Error');
+    const message = typeof err === 'object' ? err.message ?? text : String(parsed.message ?? text);
+    throw new AgentCallError(status, code, `${this.endpoint} ${method} ${path}: ${status} ${code}: ${message}`, parsed);
+  }
+
+  private async connect(): Promise<ClientHttp2Session> {
+    if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
+    const s = connect(this.endpoint, clientOptions(this.tls));
+    s.on('error', () => undefined); // reported by the request that fails
+    s.setTimeout(this.timeoutMs, () => s.destroy(new Error(`no answer from ${this.endpoint} in ${this.timeoutMs} ms`)));
+    await Promise.race([
+      once(s, 'connect'),
+      once(s, 'error').then(([e]) => { throw e as Error; }),
+    ]);
+    this.session = s;
+    return s;
+  }
+}
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}

@@ -1,0 +1,82 @@
+/** The agent's configuration file (YAML or JSON), validated field by field. */
+import { readFile } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { parseQuantity } from '../api/quantity.js';
+import { DIGEST_ALGORITHMS } from '../relay/digest.js';
+import { FLAG_NAMES, MigFlag, type MigFlagName } from '../vfio/uapi.js';
+import { objectName } from './api.js';
+
+const quantity = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  try {
+    return parseQuantity(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+
+const simDevice = z.strictObject({
+  name: objectName,
+  stateSize: quantity.default(64 * 2 ** 20),
+  pageSize: quantity.optional(),
+  flags: z.array(z.enum(FLAG_NAMES as unknown as [MigFlagName, ...MigFlagName[]])).default(['STOP_COPY', 'P2P', 'PRE_COPY'])
+    .transform((names) => names.reduce((m, n) => m | MigFlag[n], 0)),
+  dirtyRate: quantity.default(0),
+});
+
+export const agentConfigSchema = z.strictObject({
+  node: objectName,
+  listen: z.strictObject({
+    host: z.string().default('0.0.0.0'),
+    port: z.number().int().min(0).max(65535).default(9443),
+  }).prefault({}),
+  /** The endpoint other agents and the controller use; default https://<listen.host>:<port>. */
+  advertise: z.string().regex(/^https:\/\/[^/]+$/, 'must be https://HOST:PORT').optional(),
+  stateDir: z.string().min(1),
+  tls: z.strictObject({ ca: z.string(), cert: z.string(), key: z.string() }),
+  digest: z.enum(DIGEST_ALGORITHMS as unknown as ['sha256', 'crc32']).default('sha256'),
+  /** Keep device fds in a separate holder process, so an agent restart does not reset devices. */
+  holder: z.boolean().default(true),
+  /** Concurrent send+receive sessions this node accepts. */
+  maxSessions: z.number().int().positive().default(4),
+  /** How long a graceful shutdown waits for in-flight sessions. */
+  drainSeconds: z.number().nonnegative().default(30),
+  devices: z.strictObject({
+    simulated: z.strictObject({ dir: z.string(), devices: z.array(simDevice) }).optional(),
+    kernel: z.strictObject({
+      sysfs: z.string().default('/sys'),
+      dev: z.string().default('/dev'),
+      libc: z.string().optional(),
+    }).optional(),
+  }).prefault({}),
+});
+
+export type AgentConfig = z.infer<typeof agentConfigSchema>;
+export type SimDeviceConfig = z.infer<typeof simDevice>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+export function parseAgentConfig(raw: unknown, source = 'agent config'): AgentConfig {
+  const r = agentConfigSchema.safeParse(raw);
+  if (!r.success) throw new ConfigError(`${source} is invalid:\n${z.prettifyError(r.error)}`);
+  const names = new Set<string>();
+  for (const d of r.data.devices.simulated?.devices ?? []) {
+    if (names.has(d.name)) throw new ConfigError(`${source}: devices.simulated.devices has "${d.name}" twice; device names must be unique`);
+    names.add(d.name);
+  }
+  return r.data;
+}
+
+export async function loadAgentConfig(path: string): Promise<AgentConfig> {
+  const text = await readFile(path, 'utf8');
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`${path} is not valid YAML or JSON: ${(e as Error).message}`);
+  }
+  return parseAgentConfig(raw, path);
+}

@@ -1,0 +1,141 @@
+/**
+ * Role-neutral operations: drive a device to a state, reset it, release it from a migration, report
+ * it, and cancel a migration on this node with both devices left in states the answer reports.
+ */
+import type { DeviceView, ResetRequest, SessionView, SetStateRequest, CancelRequest } from './api.js';
+import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
+import { AgentError } from './errors.js';
+import { finish, isActive, viewOf } from './sessions.js';
+import { flagNames, type MigStateName } from '../vfio/uapi.js';
+import { AgentClient } from './client.js';
+
+export async function setState(ctx: AgentContext, device: string, req: SetStateRequest): Promise<Reply> {
+  const d = deviceOf(ctx, device);
+  claim(ctx, device, req.migration);
+  return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    await ctx.journal.step(device, { migration: req.migration, step: `state:${req.state}` });
+    return arcsReply(await d.device.setState(req.state as MigStateName));
+  }));
+}
+
+export async function reset(ctx: AgentContext, device: string, req: ResetRequest): Promise<Reply> {
+  const d = deviceOf(ctx, device);
+  claim(ctx, device, req.migration);
+  return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    await abortSessionsOf(ctx, device, 'the device is being reset');
+    await d.device.reset();
+    await ctx.journal.step(device, { step: 'reset' });
+    return { status: 200, body: { state: await d.device.getState() } };
+  }));
+}
+
+export async function release(ctx: AgentContext, device: string, req: ResetRequest): Promise<Reply> {
+  deviceOf(ctx, device);
+  claim(ctx, device, req.migration);
+  const active = ctx.sessions.forDevice(device);
+  if (active) throw new AgentError(409, 'DeviceBusy', `device ${device} still has a ${active.phase} session of ${active.migration}; cancel it first`);
+  await ctx.journal.release(device, req.migration);
+  return { status: 200, body: { released: true } };
+}
+
+export async function deviceView(ctx: AgentContext, name: string): Promise<DeviceView> {
+  const d = deviceOf(ctx, name);
+  const e = ctx.journal.get(name);
+  const state = await d.device.getState();
+  return {
+    name, kind: d.kind, flags: flagNames(d.flags), state,
+    ...(e.migration ? { migration: e.migration } : {}), ...(e.role ? { role: e.role } : {}), ...(e.step ? { step: e.step } : {}),
+  };
+}
+
+export async function migrationView(ctx: AgentContext, migration: string): Promise<{ sessions: SessionView[] }> {
+  const sessions: SessionView[] = [];
+  for (const s of ctx.sessions.forMigration(migration)) {
+    const view = viewOf(s);
+    const d = ctx.devices.get(s.device);
+    const inPrecopy = d && (await d.device.getState()).startsWith('PRE_COPY');
+    if (inPrecopy && s.role === 'source' && isActive(s)) {
+      const p = await d.device.precopyInfo();
+      sessions.push({ ...view, precopy: { initialBytes: Number(p.initialBytes), dirtyBytes: Number(p.dirtyBytes) } });
+    } else {
+      sessions.push(view);
+    }
+  }
+  // Devices whose journal names this migration but whose session died with an earlier agent process.
+  for (const e of ctx.journal.all()) {
+    if (e.migration !== migration || sessions.some((x) => x.device === e.device)) continue;
+    sessions.push({
+      migration, device: e.device, role: e.role ?? 'source', phase: 'Interrupted', bytes: 0, peer: '',
+      startedAt: e.updatedAt, error: { code: 'Interrupted', message: `the agent restarted at step ${e.step ?? '?'}; the data_fd was lost` },
+    });
+  }
+  return { sessions };
+}
+
+/**
+ * Cancels migration `m` here. A target device is reset (aborting RESUMING needs a reset) unless it
+ * already committed. A source device runs again only when the target cannot be running: the stream
+ * had not fully left, or the target agent says it did not commit. Anything else is refused as unknown.
+ */
+export async function cancel(ctx: AgentContext, migration: string, req: CancelRequest): Promise<Reply> {
+  const results = [];
+  for (const s of ctx.sessions.forMigration(migration)) {
+    const d = deviceOf(ctx, s.device);
+    s.abort.abort(new Error(req.reason ?? 'cancelled'));
+    if (s.role === 'source') await s.done?.catch(() => undefined);
+    results.push(await d.exclusive(async () => {
+      if (s.role === 'target') return cancelTarget(ctx, s.device, migration);
+      return cancelSource(ctx, s.device, migration);
+    }));
+    if (isActive(s)) finish(s, 'Cancelled', { code: 'Cancelled', message: req.reason ?? 'cancelled' });
+  }
+  return { status: 200, body: { migration, devices: results } };
+}
+
+async function cancelTarget(ctx: AgentContext, device: string, migration: string) {
+  const s = ctx.sessions.get(migration, device);
+  const d = deviceOf(ctx, device);
+  if (s?.phase === 'Committed') {
+    throw new AgentError(409, 'AlreadyCommitted', `device ${device} already committed migration ${migration}; it is the runner now`);
+  }
+  await d.device.reset();
+  await ctx.journal.step(device, { step: 'cancelled' });
+  return { device, role: 'target', state: await d.device.getState() };
+}
+
+async function cancelSource(ctx: AgentContext, device: string, migration: string) {
+  const s = ctx.sessions.get(migration, device);
+  const d = deviceOf(ctx, device);
+  if (s?.role === 'source' && s.allSent) {
+    const peer = await peerCommitted(ctx, s.targetEndpoint, migration);
+    if (peer !== false) {
+      throw new AgentError(409, 'OutcomeUnknown', `every byte of ${device} reached node ${s.targetNode}` +
+        (peer === true ? ', which committed it: the target is the runner' : ', which cannot be asked whether it committed') +
+        '; the source stays stopped', { peer });
+    }
+  }
+  const r = await d.device.setState('RUNNING');
+  await ctx.journal.step(device, { step: r.error ? 'cancel:failed' : 'cancelled' });
+  return { device, role: 'source', state: r.state, arcs: r.arcs, ...(r.error ? { error: { errno: r.error.errno, message: r.error.message } } : {}) };
+}
+
+/** true: the target committed; false: it did not; undefined: nobody can say. */
+async function peerCommitted(ctx: AgentContext, endpoint: string, migration: string): Promise<boolean | undefined> {
+  const client = new AgentClient(endpoint, ctx.tls);
+  try {
+    const view = await client.migration(migration);
+    return view.sessions.some((x) => x.role === 'target' && x.phase === 'Committed');
+  } catch {
+    return undefined;
+  } finally {
+    client.close();
+  }
+}
+
+async function abortSessionsOf(ctx: AgentContext, device: string, why: string): Promise<void> {
+  const s = ctx.sessions.forDevice(device);
+  if (!s) return;
+  s.abort.abort(new Error(why));
+  if (s.role === 'source') await s.done?.catch(() => undefined);
+  finish(s, 'Cancelled', { code: 'Cancelled', message: why });
+}

@@ -1,0 +1,84 @@
+/**
+ * The source role: move the device to STOP_COPY (or PRE_COPY) and stream its data_fd to the target
+ * agent in the background; report progress; never decide on its own to run the device again once
+ * every byte has left (the target may then commit; only the controller knows).
+ */
+import { sendStream, SendFailure } from '../relay/sender.js';
+import type { MigrationDevice, SaveStream, SetStateResult } from '../vfio/device.js';
+import type { SendRequest } from './api.js';
+import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
+import { AgentError } from './errors.js';
+import { limitSessions } from './target.js';
+import { finish, type SendSession } from './sessions.js';
+import type { sendRequest } from './api.js';
+import type { z } from 'zod';
+
+type Send = z.output<typeof sendRequest>;
+
+export async function startSend(ctx: AgentContext, device: string, req: Send): Promise<Reply> {
+  const d = deviceOf(ctx, device);
+  claim(ctx, device, req.migration);
+  return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    limitSessions(ctx);
+    await ctx.journal.step(device, { migration: req.migration, role: 'source', step: 'send:open' });
+    const r = await openSave(d.device, req.precopy);
+    if (r.error) {
+      await ctx.journal.step(device, { step: 'send:failed' });
+      return arcsReply(r);
+    }
+    if (r.stream?.kind !== 'save') throw new AgentError(500, 'Internal', `${device} reached ${r.state} without opening a save data_fd`);
+    const session: SendSession = {
+      role: 'source', migration: req.migration, device, targetNode: req.target.node, targetEndpoint: req.target.endpoint, allSent: false,
+      phase: 'Streaming', bytes: 0, startedAt: new Date().toISOString(), abort: new AbortController(),
+    };
+    ctx.sessions.put(session);
+    session.done = run(ctx, session, r.stream, req);
+    await ctx.journal.step(device, { step: 'send:streaming' });
+    return arcsReply(r);
+  }));
+}
+
+/**
+ * Opens a save session. A device already in a save state without a live data_fd (its agent restarted;
+ * the fd died with it) first leaves that state so the arc can hand out a fresh data_fd.
+ */
+async function openSave(dev: MigrationDevice, precopy: boolean): Promise<SetStateResult> {
+  const target = precopy ? 'PRE_COPY' : 'STOP_COPY';
+  const now = await dev.getState();
+  const arcs = [];
+  if (now === 'STOP_COPY' || now === 'PRE_COPY' || now === 'PRE_COPY_P2P') {
+    const back = await dev.setState(now === 'STOP_COPY' ? 'STOP' : 'RUNNING');
+    arcs.push(...back.arcs);
+    if (back.error) return back;
+  }
+  const r = await dev.setState(target);
+  return { ...r, arcs: [...arcs, ...r.arcs] };
+}
+
+async function run(ctx: AgentContext, s: SendSession, save: SaveStream, req: Send): Promise<void> {
+  const log = ctx.log.child({ migration: s.migration, device: s.device, role: 'source' });
+  try {
+    const result = await sendStream(save, {
+      endpoint: req.target.endpoint, tls: ctx.tls, migration: s.migration, device: req.target.device, ticket: req.ticket,
+      algorithm: ctx.config.digest, signal: s.abort.signal, ...(req.bandwidth ? { bandwidth: req.bandwidth } : {}),
+      onProgress: (b) => { s.bytes = b; },
+    });
+    s.allSent = true;
+    s.bytes = result.bytes;
+    s.digest = result.digest;
+    finish(s, 'Verified');
+    await ctx.journal.step(s.device, { step: 'send:verified' });
+    log.info({ bytes: result.bytes, digest: result.digest }, 'stream sent and verified by the target');
+  } catch (e) {
+    const f = e instanceof SendFailure ? e : undefined;
+    s.allSent = f?.allSent ?? false;
+    const code = f?.code ?? 'Internal';
+    finish(s, code === 'Cancelled' ? 'Cancelled' : 'Failed', { code, message: (e as Error).message });
+    await ctx.journal.step(s.device, { step: s.allSent ? 'send:unknown' : 'send:failed' });
+    log.warn({ code, allSent: s.allSent, bytes: s.bytes }, `send failed: ${(e as Error).message}`);
+  } finally {
+    await save.close();
+  }
+}
+
+export type { SendRequest };

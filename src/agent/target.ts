@@ -1,0 +1,104 @@
+/**
+ * The target role: prepare a device to receive (-> RESUMING), accept the stream from the one source
+ * agent holding the ticket, verify it end to end, and only then commit (RESUMING -> STOP).
+ */
+import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import { Wire, algorithmOf } from '../relay/digest.js';
+import { RelayError } from '../relay/errors.js';
+import { receiveStream } from '../relay/receiver.js';
+import type { ResumeStream } from '../vfio/device.js';
+import type { CommitRequest, ReceiveRequest } from './api.js';
+import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
+import { AgentError } from './errors.js';
+import { sameTicket, type Identity } from './identity.js';
+import { finish, type ReceiveSession } from './sessions.js';
+
+export async function prepareReceive(ctx: AgentContext, device: string, req: ReceiveRequest): Promise<Reply> {
+  const d = deviceOf(ctx, device);
+  claim(ctx, device, req.migration);
+  return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    limitSessions(ctx);
+    await ctx.journal.step(device, { migration: req.migration, role: 'target', step: 'receive:prepare' });
+    const r = await d.device.setState('RESUMING');
+    if (r.error || r.stream?.kind !== 'resume') {
+      await ctx.journal.step(device, { step: 'receive:failed' });
+      return arcsReply(r);
+    }
+    const session: ReceiveSession = {
+      role: 'target', migration: req.migration, device, sourceNode: req.sourceNode, ticket: req.ticket, ticketUsed: false,
+      resume: r.stream, phase: 'Waiting', bytes: 0, startedAt: new Date().toISOString(), abort: new AbortController(),
+    };
+    ctx.sessions.put(session);
+    await ctx.journal.step(device, { step: 'receive:waiting' });
+    return arcsReply(r);
+  }));
+}
+
+/** PUT /v1/migrations/:m/stream: the data path. Everything is checked before a byte reaches a device. */
+export async function acceptStream(ctx: AgentContext, who: Identity, migration: string, headers: IncomingHttpHeaders,
+  stream: ServerHttp2Stream, trailers: () => IncomingHttpHeaders | undefined): Promise<Reply> {
+  const session = admit(ctx, who, migration, headers);
+  const algorithm = algorithmOf(`${String(headers[Wire.algorithm] ?? ctx.config.digest)}:`) ?? ctx.config.digest;
+  session.ticketUsed = true;
+  session.phase = 'Streaming';
+  await ctx.journal.step(session.device, { step: 'receive:streaming' });
+  try {
+    const got = await receiveStream(stream, session.resume, {
+      algorithm, signal: session.abort.signal, trailers, onProgress: (b) => { session.bytes = b; },
+    });
+    session.digest = got.digest;
+    finish(session, 'Verified');
+    await ctx.journal.step(session.device, { step: 'receive:verified' });
+    return { status: 200, body: { verified: true, bytes: got.bytes, digest: got.digest } };
+  } catch (e) {
+    if (!(e instanceof RelayError)) throw e;
+    finish(session, e.code === 'Cancelled' ? 'Cancelled' : 'Failed', { code: e.code, message: e.message });
+    await ctx.journal.step(session.device, { step: 'receive:failed' });
+    const status = e.code === 'StreamMismatch' ? 422 : 400;
+    return { status, body: { verified: false, error: e.code, message: e.message } };
+  }
+}
+
+function admit(ctx: AgentContext, who: Identity, migration: string, headers: IncomingHttpHeaders): ReceiveSession & { resume: ResumeStream } {
+  const device = String(headers[Wire.device] ?? '');
+  const ticket = String(headers[Wire.ticket] ?? '');
+  const s = ctx.sessions.get(migration, device);
+  if (!s || s.role !== 'target') {
+    throw new AgentError(403, 'TicketRefused', `no receive session for migration ${migration} on device "${device}": the ticket is not valid here`);
+  }
+  if (who.kind !== 'agent' || who.node !== s.sourceNode) {
+    throw new AgentError(403, 'Forbidden', `only the agent of node ${s.sourceNode} may send migration ${migration}`);
+  }
+  if (!sameTicket(ticket, s.ticket)) throw new AgentError(403, 'TicketRefused', `wrong ticket for migration ${migration} on ${device}`);
+  if (s.ticketUsed) throw new AgentError(403, 'TicketRefused', `the ticket for migration ${migration} on ${device} was already used (replay refused)`);
+  return s;
+}
+
+export async function commit(ctx: AgentContext, device: string, req: CommitRequest): Promise<Reply> {
+  const d = deviceOf(ctx, device);
+  claim(ctx, device, req.migration);
+  return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    const s = ctx.sessions.get(req.migration, device);
+    if (!s || s.role !== 'target' || s.phase !== 'Verified') {
+      throw new AgentError(409, 'NotVerified', `refusing RESUMING -> STOP on ${device}: the stream of migration ${req.migration} ` +
+        `has not been verified (session ${s ? s.phase : 'missing'})`);
+    }
+    await ctx.journal.step(device, { step: 'commit:intent' });
+    const r = await d.device.setState('STOP');
+    if (r.error) {
+      finish(s, 'Failed', { code: 'ArcFailed', message: r.error.message });
+      await ctx.journal.step(device, { step: 'commit:failed' });
+      return arcsReply(r);
+    }
+    finish(s, 'Committed');
+    await ctx.journal.step(device, { step: 'commit:done' });
+    return arcsReply(r, { bytes: s.bytes, digest: s.digest });
+  }));
+}
+
+function limitSessions(ctx: AgentContext): void {
+  if (ctx.sessions.active().length >= ctx.config.maxSessions) {
+    throw new AgentError(429, 'TooManySessions', `node ${ctx.config.node} already runs ${ctx.config.maxSessions} sessions (maxSessions); retry later`);
+  }
+}
+export { limitSessions };

@@ -1,0 +1,270 @@
+import { connect } from 'node:http2';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Agent } from '../../src/agent/agent.js';
+import { AgentCallError, type AgentClient } from '../../src/agent/client.js';
+import { newTicket } from '../../src/agent/identity.js';
+import { clientOptions } from '../../src/relay/h2.js';
+import { simDigest } from '../../src/vfio/sim/digest.js';
+import { agentConfig, controllerClient, makePki, startAgent, until, type Pki } from '../helpers/agents.js';
+
+let dir: string;
+let pki: Pki;
+let source: Agent;
+let target: Agent;
+let src: AgentClient;
+let dst: AgentClient;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'devmig-agent-'));
+  pki = await makePki(dir);
+});
+afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+
+beforeEach(async () => {
+  const run = join(dir, `run-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`);
+  source = await startAgent(await agentConfig(run, pki, 'node-a', '127.0.0.2', [{ name: 'sim-0' }, { name: 'sim-1', stateSize: '16Mi' }]));
+  target = await startAgent(await agentConfig(run, pki, 'node-b', '127.0.0.3', [{ name: 'sim-0' }, { name: 'sim-1', stateSize: '16Mi' }]));
+  src = controllerClient(source, pki);
+  dst = controllerClient(target, pki);
+});
+afterEach(async () => {
+  src.close();
+  dst.close();
+  await source.stop();
+  await target.stop();
+});
+
+const simDir = (a: Agent) => a.ctx.config.devices.simulated!.dir;
+
+async function migrate(m: string, device = 'sim-0', extra: Record<string, unknown> = {}) {
+  const ticket = newTicket();
+  const prep = await dst.receive(device, { migration: m, op: 'prepare', ticket, sourceNode: 'node-a' });
+  const send = await src.send(device, { migration: m, op: 'send', ticket, target: { node: 'node-b', device, endpoint: target.endpoint }, ...extra });
+  return { ticket, prep, send };
+}
+
+async function verified(m: string) {
+  return until(`${m} verified`, async () => {
+    const v = await src.migration(m);
+    const s = v.sessions[0];
+    if (s?.phase === 'Failed') throw new Error(`send failed: ${s.error?.message}`);
+    return s?.phase === 'Verified' ? s : undefined;
+  });
+}
+
+describe('agent: a migration through the control API', () => {
+  it('moves a device exactly and records every arc', async () => {
+    const before = await simDigest(simDir(source), 'sim-0');
+    const { prep, send } = await migrate('m1');
+    expect(prep.arcs.map((a) => `${a.from}>${a.to}`)).toEqual(['RUNNING>RUNNING_P2P', 'RUNNING_P2P>STOP', 'STOP>RESUMING']);
+    expect(send.arcs.map((a) => `${a.from}>${a.to}`)).toEqual(['RUNNING>RUNNING_P2P', 'RUNNING_P2P>STOP', 'STOP>STOP_COPY']);
+    const s = await verified('m1');
+    expect(s.bytes).toBeGreaterThan(4 * 2 ** 20);
+    expect(s.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    const c = await dst.commit('sim-0', { migration: 'm1', op: 'commit' });
+    expect(c.arcs).toEqual([expect.objectContaining({ from: 'RESUMING', to: 'STOP', result: 'Succeeded' })]);
+    expect(c.digest).toBe(s.digest);
+    const run = await dst.setState('sim-0', { migration: 'm1', op: 'run', state: 'RUNNING' });
+    expect(run.state).toBe('RUNNING');
+    expect((await simDigest(simDir(target), 'sim-0')).sha256).toBe(before.sha256);
+    expect((await dst.device('sim-0'))).toMatchObject({ migration: 'm1', role: 'target', step: 'state:RUNNING' });
+    await dst.release('sim-0', { migration: 'm1', op: 'release' });
+    expect((await dst.device('sim-0')).migration).toBeUndefined();
+  });
+
+  it('repeating an op returns the recorded result; the same op with other parameters is refused', async () => {
+    const ticket = newTicket();
+    const req = { migration: 'm2', op: 'prepare', ticket, sourceNode: 'node-a' };
+    const first = await dst.receive('sim-0', req);
+    const again = await dst.receive('sim-0', req);
+    expect(again).toEqual({ ...first, replayed: true });
+    await expect(dst.receive('sim-0', { ...req, sourceNode: 'node-c' })).rejects.toMatchObject({ status: 409, code: 'OpConflict' });
+    await expect(dst.receive('sim-0', { ...req, migration: 'other', op: 'prepare' })).rejects.toMatchObject({ status: 409, code: 'DeviceBusy' });
+  });
+
+  it('refuses to commit a stream that was never verified', async () => {
+    await dst.receive('sim-0', { migration: 'm3', op: 'prepare', ticket: newTicket(), sourceNode: 'node-a' });
+    await expect(dst.commit('sim-0', { migration: 'm3', op: 'commit' })).rejects.toMatchObject({ status: 409, code: 'NotVerified' });
+    expect((await dst.device('sim-0')).state).toBe('RESUMING');
+  });
+
+  it('honours the bandwidth limit', async () => {
+    const started = Date.now();
+    await migrate('m4', 'sim-0', { bandwidth: 4 * 2 ** 20 });
+    await verified('m4');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+  });
+
+  it('cancel on the source mid-stream brings it back RUNNING and fails the target session', async () => {
+    const before = await simDigest(simDir(source), 'sim-1');
+    await migrate('m5', 'sim-1', { bandwidth: 2 * 2 ** 20 });
+    await until('streaming', async () => ((await src.migration('m5')).sessions[0]?.bytes ?? 0) > 0);
+    const c = await src.cancel('m5', { op: 'cancel', reason: 'test' });
+    expect(c.devices).toEqual([expect.objectContaining({ device: 'sim-1', role: 'source', state: 'RUNNING' })]);
+    expect((await src.migration('m5')).sessions[0]?.phase).toBe('Cancelled');
+    expect((await simDigest(simDir(source), 'sim-1')).sha256).toBe(before.sha256);
+    const t = await until('target failed', async () => {
+      const s = (await dst.migration('m5')).sessions[0];
+      return s && s.phase !== 'Waiting' && s.phase !== 'Streaming' ? s : undefined;
+    });
+    expect(t.phase).toBe('Failed');
+    const tc = await dst.cancel('m5', { op: 'cancel' });
+    expect(tc.devices).toEqual([expect.objectContaining({ device: 'sim-1', role: 'target', state: 'RUNNING' })]);
+  });
+
+  it('drains: readiness fails and new work gets 503', async () => {
+    const draining = source.stop();
+    source.ctx.draining = true;
+    await draining;
+    source = await startAgent(source.ctx.config);
+    src.close();
+    src = controllerClient(source, pki);
+    source.ctx.draining = true;
+    await expect(src.ready()).rejects.toMatchObject({ status: 503 });
+    await expect(src.setState('sim-0', { migration: 'm6', op: 'x', state: 'STOP' })).rejects.toMatchObject({ status: 503, code: 'Draining' });
+    expect((await src.device('sim-0')).state).toBe('RUNNING');
+    source.ctx.draining = false;
+  });
+});
+
+describe('agent: bad input changes nothing', () => {
+  async function raw(path: string, body: string | Buffer, headers: Record<string, string> = {}) {
+    const s = connect(source.endpoint, clientOptions(pki.controller));
+    s.on('error', () => undefined);
+    const req = s.request({ ':method': 'POST', ':path': path, 'content-type': 'application/json', ...headers });
+    req.end(body);
+    const [h] = (await once(req, 'response')) as [Record<string, string>];
+    let text = '';
+    for await (const c of req) text += String(c);
+    s.close();
+    return { status: Number(h[':status']), body: JSON.parse(text) as { error: { code: string; message: string } } };
+  }
+
+  it.each([
+    ['an unknown field', '/v1/devices/sim-0/state', { migration: 'm', op: 'a', state: 'STOP', force: true }, 400, /force/],
+    ['a wrong type', '/v1/devices/sim-0/state', { migration: 'm', op: 'a', state: 7 }, 400, /state/],
+    ['an unknown state', '/v1/devices/sim-0/state', { migration: 'm', op: 'a', state: 'PAUSED' }, 400, /state/],
+    ['a bad migration name', '/v1/devices/sim-0/state', { migration: 'M_1', op: 'a', state: 'STOP' }, 400, /migration/],
+    ['an unknown device', '/v1/devices/sim-9/state', { migration: 'm', op: 'a', state: 'STOP' }, 404, /no device "sim-9".*sim-0, sim-1/],
+    ['path traversal', '/v1/devices/..%2F..%2Fetc/state', { migration: 'm', op: 'a', state: 'STOP' }, 400, /lowercase DNS name/],
+    ['a bad ticket', '/v1/devices/sim-0/receive', { migration: 'm', op: 'a', ticket: 'short', sourceNode: 'node-a' }, 400, /ticket/],
+  ] as const)('%s', async (_what, path, body, status, why) => {
+    const r = await raw(path, JSON.stringify(body));
+    expect(r.status).toBe(status);
+    expect(r.body.error.message).toMatch(why);
+    expect(await src.device('sim-0')).toMatchObject({ state: 'RUNNING' });
+    expect((await src.device('sim-0')).migration).toBeUndefined();
+  });
+
+  it('wrong content type, oversized body, not JSON', async () => {
+    expect((await raw('/v1/devices/sim-0/state', '{}', { 'content-type': 'text/plain' })).status).toBe(415);
+    expect((await raw('/v1/devices/sim-0/state', Buffer.alloc(200_000, 32))).status).toBe(413);
+    expect((await raw('/v1/devices/sim-0/state', '{nope')).body.error.message).toMatch(/not JSON/);
+  });
+});
+
+describe('agent: authentication and tickets', () => {
+  async function call(material: { ca: Buffer; cert?: Buffer; key?: Buffer }, path = '/v1/devices') {
+    const s = connect(source.endpoint, { ca: material.ca, ...(material.cert ? { cert: material.cert, key: material.key } : {}) });
+    s.on('error', () => undefined);
+    const req = s.request({ ':path': path });
+    req.end();
+    const [h] = (await once(req, 'response')) as [Record<string, string>];
+    let text = '';
+    for await (const c of req) text += String(c);
+    s.close();
+    return { status: Number(h[':status']), text };
+  }
+
+  it('refuses no credentials, another CA, and an agent driving devices', async () => {
+    const none = await call({ ca: pki.controller.ca });
+    expect(none.status).toBe(401);
+    expect(none.text).toMatch(/no client certificate/);
+    const rogue = await call(pki.rogue);
+    expect(rogue.status).toBe(401);
+    const agentB = await pki.agent('node-b');
+    const asAgent = new (await import('../../src/agent/client.js')).AgentClient(source.endpoint, agentB);
+    await expect(asAgent.setState('sim-0', { migration: 'm', op: 'a', state: 'STOP' })).rejects.toMatchObject({ status: 403 });
+    asAgent.close();
+    expect((await src.device('sim-0')).state).toBe('RUNNING');
+    expect((await call({ ca: pki.controller.ca }, '/healthz')).status).toBe(200);
+  });
+
+  async function stream(as: Pki['controller'], migration: string, device: string, ticket: string, data: Buffer, trailers?: Record<string, string>) {
+    const s = connect(target.endpoint, clientOptions(as));
+    s.on('error', () => undefined);
+    const req = s.request({ ':method': 'PUT', ':path': `/v1/migrations/${migration}/stream`, 'devmig-ticket': ticket, 'devmig-device': device,
+      'content-type': 'application/octet-stream' }, { waitForTrailers: true });
+    req.on('error', () => undefined);
+    req.once('wantTrailers', () => req.sendTrailers(trailers ?? {}));
+    req.end(data);
+    const [h] = (await once(req, 'response')) as [Record<string, string>];
+    let text = '';
+    for await (const c of req) text += String(c);
+    s.close();
+    return { status: Number(h[':status']), body: JSON.parse(text) as Record<string, unknown> };
+  }
+
+  it('a stream needs the right agent, migration, device and an unused ticket; refusals write nothing', async () => {
+    const ticket = newTicket();
+    await dst.receive('sim-0', { migration: 'm7', op: 'prepare', ticket, sourceNode: 'node-a' });
+    const other = newTicket();
+    await dst.receive('sim-1', { migration: 'm8', op: 'prepare', ticket: other, sourceNode: 'node-a' });
+    const a = await pki.agent('node-a');
+    const c = await pki.agent('node-c');
+    const junk = Buffer.alloc(1000, 1);
+    expect((await stream(c, 'm7', 'sim-0', ticket, junk)).status).toBe(403);                 // wrong agent
+    expect((await stream(a, 'm7', 'sim-0', other, junk)).status).toBe(403);                  // another migration's ticket
+    expect((await stream(a, 'm7', 'sim-1', ticket, junk)).status).toBe(403);                 // another device
+    expect((await stream(pki.controller, 'm7', 'sim-0', ticket, junk)).status).toBe(403);    // not an agent
+    const sessions = (await dst.migration('m7')).sessions;
+    expect(sessions[0]).toMatchObject({ phase: 'Waiting', bytes: 0 });
+    const bad = await stream(a, 'm7', 'sim-0', ticket, junk, { 'devmig-bytes': '1000', 'devmig-digest': 'sha256:00' });
+    expect(bad.status).toBe(400); // the ticket is good; the sim driver refuses junk as not its stream
+    const replay = await stream(a, 'm7', 'sim-0', ticket, junk);
+    expect(replay.status).toBe(403);
+    expect(String((replay.body.error as { message: string }).message)).toMatch(/already used/);
+  });
+
+  it('a stream whose count or digest differs is refused and cannot be committed', async () => {
+    // Carry a real device stream but lie in the trailers.
+    const { SimDevice } = await import('../../src/vfio/sim/device.js');
+    const scratch = await SimDevice.open({ dir: join(dir, 'scratch'), name: 'x', stateSize: 4 * 2 ** 20 });
+    const r = await scratch.setState('STOP_COPY');
+    const parts: Buffer[] = [];
+    for (;;) {
+      const b = Buffer.alloc(1 << 20);
+      const n = await (r.stream as import('../../src/vfio/device.js').SaveStream).read(b);
+      if (n === 0 || n === 'ENOMSG') break;
+      parts.push(b.subarray(0, n));
+    }
+    await scratch.close();
+    const data = Buffer.concat(parts);
+    const a = await pki.agent('node-a');
+    for (const [m, trailers, why] of [
+      ['m9', { 'devmig-bytes': String(data.length + 5), 'devmig-digest': 'sha256:x' }, /short/],
+      ['m10', { 'devmig-bytes': String(data.length), 'devmig-digest': 'sha256:0000' }, /corrupt/],
+    ] as const) {
+      const ticket = newTicket();
+      await dst.receive('sim-0', { migration: m, op: 'prepare', ticket, sourceNode: 'node-a' });
+      const res = await stream(a, m, 'sim-0', ticket, data, trailers);
+      expect(res.body).toMatchObject({ verified: false });
+      expect(res.status).toBe(422);
+      expect(String(res.body.message)).toMatch(why);
+      await expect(dst.commit('sim-0', { migration: m, op: 'commit' })).rejects.toMatchObject({ code: 'NotVerified' });
+      await dst.cancel(m, { op: 'cancel' });
+      await dst.release('sim-0', { migration: m, op: 'release' });
+    }
+    await writeFile(join(dir, 'unused'), '');
+  });
+});
+
+describe('AgentCallError', () => {
+  it('carries the agent answer', () => {
+    const e = new AgentCallError(422, 'ArcFailed', 'x', { arcs: [] });
+    expect(e.body).toEqual({ arcs: [] });
+  });
+});
