@@ -25,7 +25,7 @@ export async function ensureHolder(stateDir: string, devmigBin: string): Promise
   const existing = await findHolder(stateDir);
   if (existing) return existing;
   await mkdir(stateDir, { recursive: true });
-  const child = spawn(process.execPath, [devmigBin, 'agent', 'holder', '--state-dir', stateDir], {
+  const child = spawn(process.execPath, [devmigBin, 'holder', '--state-dir', stateDir], {
     detached: true,
     stdio: 'ignore',
   });

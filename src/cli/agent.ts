@@ -12,11 +12,11 @@ interface AgentOpts { config: string }
 const devmigBin = fileURLToPath(new URL('../../bin/devmig.js', import.meta.url));
 
 export function registerAgent(program: Command, _io: Io): void {
-  const agent = program.command('agent')
+  program.command('agent')
     .description('run the node agent: owns this node\'s VFIO devices, drives their FSM, relays their state')
     .requiredOption('--config <file>', 'agent configuration (YAML or JSON)')
     .action((opts: AgentOpts) => runAgent(opts));
-  agent.command('holder')
+  program.command('holder')
     .description('the fd holder the agent starts: keeps devices open across agent restarts')
     .requiredOption('--state-dir <dir>', 'the agent\'s state directory')
     .action((opts: { stateDir: string }) => runHolder(opts.stateDir));
