@@ -30,12 +30,15 @@ export async function receiveStream(
 ): Promise<Received> {
   const digest = createStreamDigest(opts.algorithm);
   let bytes = 0;
+  let written = 0;
   try {
-    await consume(stream, opts.signal, async (b) => {
+    await consume(stream, opts.signal, (b) => {
       digest.update(b);
       bytes += b.length;
+    }, async (b) => {
       await resume.write(b);
-      opts.onProgress?.(bytes);
+      written += b.length;
+      opts.onProgress?.(written);
     });
   } catch (e) {
     if (e instanceof DeviceError) throw new RelayError('DeviceWriteFailed', `writing the target data_fd failed: ${e.message} (${e.errno})`);
@@ -61,30 +64,61 @@ function check(got: Received, trailers: IncomingHttpHeaders | undefined): Receiv
   return got;
 }
 
+/** Chunks are gathered into writes of this size: the device gets few large writes, not many frames. */
+const BATCH = 1 << 20;
+/** Past this much gathered and unwritten, the stream pauses: its unread data holds the HTTP/2 window. */
+const HIGH_WATER = 4 << 20;
+
 /**
- * Feeds each chunk to `write`, pausing the stream until the write is done: the unread data holds the
- * HTTP/2 window, which stops the source. (Not for-await: leaving it early destroys the stream, and the
- * answer saying why could no longer be sent.)
+ * Feeds the stream to `write` in batches, one write at a time, reading on while a write is under way
+ * and pausing past HIGH_WATER, so a slow device stops the source through flow control. (Not for-await:
+ * leaving it early destroys the stream, and the answer saying why could no longer be sent.)
  */
-function consume(stream: ServerHttp2Stream, signal: AbortSignal, write: (b: Buffer) => Promise<void>): Promise<void> {
+function consume(stream: ServerHttp2Stream, signal: AbortSignal, onChunk: (b: Buffer) => void,
+  write: (b: Buffer) => Promise<void>): Promise<void> {
   return new Promise((resolve, reject) => {
+    let batch: Buffer[] = [];
+    let gathered = 0;
+    let writing: Promise<void> | undefined;
+    let ended = false;
+    let failed = false;
     const stop = (e: unknown) => {
+      if (failed) return;
+      failed = true;
       stream.off('data', onData);
       stream.pause();
       signal.removeEventListener('abort', onAbort);
       reject(e instanceof Error ? e : new Error(String(e)));
     };
     const onAbort = () => stop(signal.reason);
-    // 'end' can come while the last write is still under way: it waits for that write.
-    let pending: Promise<void> = Promise.resolve();
+    const flush = () => {
+      const data = batch.length === 1 ? batch[0]! : Buffer.concat(batch, gathered);
+      batch = [];
+      gathered = 0;
+      writing = write(data).then(next, stop);
+    };
+    const next = () => {
+      writing = undefined;
+      if (failed) return;
+      if (gathered >= BATCH || (ended && gathered > 0)) return flush();
+      if (ended) {
+        signal.removeEventListener('abort', onAbort);
+        return resolve();
+      }
+      stream.resume();
+    };
     const onData = (chunk: Buffer) => {
-      stream.pause();
-      pending = write(chunk).then(() => { stream.resume(); }, (e: unknown) => { stop(e); throw e; });
+      onChunk(chunk);
+      batch.push(chunk);
+      gathered += chunk.length;
+      if (gathered >= HIGH_WATER) stream.pause();
+      if (!writing && gathered >= BATCH) flush();
     };
     signal.addEventListener('abort', onAbort, { once: true });
     stream.on('data', onData);
     stream.once('end', () => {
-      pending.then(() => { signal.removeEventListener('abort', onAbort); resolve(); }, () => undefined);
+      ended = true;
+      if (!writing) next();
     });
     stream.once('aborted', () => stop(new Error('the source reset the stream')));
     stream.once('error', stop);
