@@ -65,7 +65,7 @@ export class AgentClient {
     if (status >= 200 && status < 300) return parsed as T;
     const err = parsed.error as { code?: string; message?: string } | string | undefined;
     const code = typeof err === 'object' ? err.code ?? 'Error' : String(err ?? 'Error');
-    const message = typeof err === 'object' ? err.message ?? text : String(parsed.message ?? text);
+    const message = typeof err === 'object' ? err.message ?? text : typeof parsed.message === 'string' ? parsed.message : text;
     throw new AgentCallError(status, code, `${this.endpoint} ${method} ${path}: ${status} ${code}: ${message}`, parsed);
   }
 

@@ -107,12 +107,12 @@ async function peakRss(pid: number): Promise<number> {
 /** The baseline: one process writes `bytes` into a TLS socket, the other reads and drops them. */
 async function baselineRun(dir: string, bytes: number): Promise<number> {
   const sink = spawn(process.execPath, [self, '--role', 'tls-sink', '--dir', join(dir, 'pki')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const [line] = (await once(sink.stdout!, 'data')) as [Buffer];
+  const [line] = (await once(sink.stdout, 'data')) as [Buffer];
   const port = Number(line.toString().trim());
   const source = spawn(process.execPath, [self, '--role', 'tls-source', '--dir', join(dir, 'pki'), '--port', String(port), '--bytes', String(bytes)],
     { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
-  source.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  source.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   await once(source, 'exit');
   sink.kill();
   return Number(out.trim());
