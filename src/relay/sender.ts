@@ -79,28 +79,47 @@ export async function sendStream(save: SaveStream, opts: SendOptions): Promise<S
 async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions, state: { bytes: number }): Promise<string> {
   const digest = createStreamDigest(opts.algorithm);
   const throttle = new Throttle(opts.bandwidth);
-  for (;;) {
-    opts.signal.throwIfAborted();
-    const buf = Buffer.allocUnsafe(CHUNK);
-    const n = await readDevice(save, buf);
-    if (n === 'ENOMSG') {
-      // PRE_COPY's temporary end of data: the device may dirty more, or the controller may move it to
-      // STOP_COPY; either way the same data_fd goes on.
-      await sleep(opts.precopyPollMs ?? 5, undefined, { signal: opts.signal });
-      continue;
-    }
-    if (n === 0) break;
-    const chunk = buf.subarray(0, n);
-    digest.update(chunk);
-    state.bytes += n;
-    await throttle.take(n, opts.signal);
-    if (!req.write(chunk)) await once(req, 'drain', { signal: opts.signal });
-    opts.onProgress?.(state.bytes);
+  // One device read stays in flight while the previous chunk goes out: the data_fd read and the
+  // network write overlap instead of taking turns.
+  let next = readChunk(save);
+  try {
+    return await pumpLoop();
+  } finally {
+    // Never leave a read of the data_fd running once we are done with it (the fd is closed next).
+    await next.catch(() => undefined);
   }
-  const value = digest.value();
-  req.once('wantTrailers', () => req.sendTrailers({ [Wire.bytes]: String(state.bytes), [Wire.digest]: value }));
-  req.end();
-  return value;
+
+  async function pumpLoop(): Promise<string> {
+    for (;;) {
+      opts.signal.throwIfAborted();
+      const { buf, n } = await next;
+      if (n === 'ENOMSG') {
+        // PRE_COPY's temporary end of data: the device may dirty more, or the controller may move it to
+        // STOP_COPY; either way the same data_fd goes on.
+        await sleep(opts.precopyPollMs ?? 5, undefined, { signal: opts.signal });
+        next = readChunk(save);
+        continue;
+      }
+      if (n === 0) break;
+      next = readChunk(save);
+      next.catch(() => undefined); // awaited on the next turn; a failure there is reported then
+      const chunk = buf.subarray(0, n);
+      digest.update(chunk);
+      state.bytes += n;
+      await throttle.take(n, opts.signal);
+      if (!req.write(chunk)) await once(req, 'drain', { signal: opts.signal });
+      opts.onProgress?.(state.bytes);
+    }
+    const value = digest.value();
+    req.once('wantTrailers', () => req.sendTrailers({ [Wire.bytes]: String(state.bytes), [Wire.digest]: value }));
+    req.end();
+    return value;
+  }
+}
+
+async function readChunk(save: SaveStream): Promise<{ buf: Buffer; n: number | 'ENOMSG' }> {
+  const buf = Buffer.allocUnsafe(CHUNK);
+  return { buf, n: await readDevice(save, buf) };
 }
 
 async function readDevice(save: SaveStream, buf: Buffer): Promise<number | 'ENOMSG'> {
