@@ -7,7 +7,7 @@
  * session's staging file), `lock` (the pid holding the device open).
  */
 import { randomFillSync } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DeviceError, type DataStream, type MigrationDevice, type PrecopyInfo, type SetStateResult } from '../device.js';
 import type { Arc } from '../planner.js';
@@ -216,8 +216,10 @@ export class SimDevice implements MigrationDevice, ArcStepper {
 
   private async openResume(): Promise<SimResumeSession> {
     await this.endSessions('a new resume session started');
-    this.staging = await open(join(this.home, 'resume.bin'), 'w+');
-    await this.staging.truncate(this.meta.stateSize);
+    // The staging file stays allocated between sessions (see preallocateStaging): a resume overwrites
+    // every page, and the commit check refuses a stream that left any page unwritten.
+    await preallocateStaging(this.home, this.meta.stateSize);
+    this.staging = await open(join(this.home, 'resume.bin'), 'r+');
     this.resume = new SimResumeSession({ ...this.geometry(), name: this.name, staging: this.staging });
     return this.resume;
   }
@@ -233,7 +235,12 @@ export class SimDevice implements MigrationDevice, ArcStepper {
     const staging = this.staging as FileHandle;
     await staging.sync();
     await this.file.close();
+    // Swap staging and state, atomically for the state: the old state keeps a second name first, then
+    // the staging file replaces state.bin in one rename, then the old state becomes the next staging.
+    await rm(join(this.home, 'resume.next'), { force: true });
+    await link(join(this.home, 'state.bin'), join(this.home, 'resume.next'));
     await rename(join(this.home, 'resume.bin'), join(this.home, 'state.bin'));
+    await rename(join(this.home, 'resume.next'), join(this.home, 'resume.bin'));
     this.file = await open(join(this.home, 'state.bin'), 'r+');
     await this.endSessions('committed');
     this.meta.generation++;
@@ -247,7 +254,6 @@ export class SimDevice implements MigrationDevice, ArcStepper {
     this.resume = undefined;
     await this.staging?.close();
     this.staging = undefined;
-    await rm(join(this.home, 'resume.bin'), { force: true });
   }
 
   private async enter(state: MigStateName): Promise<void> {
@@ -339,7 +345,26 @@ async function loadOrCreate(home: string, opts: SimDeviceOptions): Promise<Persi
     await file.close();
   }
   await writeFile(join(home, 'device.json'), JSON.stringify(fresh, null, 2));
+  await preallocateStaging(home, stateSize);
   return fresh;
+}
+
+/**
+ * Gives the device its staging memory once, when it is made: a real device's memory exists before a
+ * migration, and allocating (and zeroing) pages during the stream would make the simulation, not the
+ * relay, the thing a benchmark measures.
+ */
+async function preallocateStaging(home: string, size: number): Promise<void> {
+  const path = join(home, 'resume.bin');
+  const st = await stat(path).catch(() => undefined);
+  if (st && st.size === size) return;
+  const fh = await open(path, 'w');
+  try {
+    const zeros = Buffer.alloc(Math.min(size, 2 ** 20));
+    for (let off = 0; off < size; off += zeros.length) await fh.write(zeros, 0, Math.min(zeros.length, size - off), off);
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
