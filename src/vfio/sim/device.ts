@@ -202,7 +202,7 @@ export class SimDevice implements MigrationDevice, ArcStepper {
       this.save?.enterStopCopy();
       return undefined;
     }
-    if (to === 'RESUMING') return this.openResume();
+    if (to === 'RESUMING') return this.openResume(streamFaults.find((f) => f.stream === 'slow-write')?.bytesPerSecond);
     if (from === 'RESUMING') return this.commit();
     if (from === 'STOP_COPY' || from.startsWith('PRE_COPY')) await this.endSessions(`left ${from}`);
     return undefined;
@@ -214,13 +214,13 @@ export class SimDevice implements MigrationDevice, ArcStepper {
     return this.save;
   }
 
-  private async openResume(): Promise<SimResumeSession> {
+  private async openResume(writeRate: number | undefined): Promise<SimResumeSession> {
     await this.endSessions('a new resume session started');
     // The staging file stays allocated between sessions (see preallocateStaging): a resume overwrites
     // every page, and the commit check refuses a stream that left any page unwritten.
     await preallocateStaging(this.home, this.meta.stateSize);
     this.staging = await open(join(this.home, 'resume.bin'), 'r+');
-    this.resume = new SimResumeSession({ ...this.geometry(), name: this.name, staging: this.staging });
+    this.resume = new SimResumeSession({ ...this.geometry(), name: this.name, staging: this.staging }, writeRate);
     return this.resume;
   }
 

@@ -21,8 +21,8 @@ export const arcFaultSchema = z.strictObject({
 });
 
 export const streamFaultSchema = z.strictObject({
-  stream: z.enum(['slow', 'truncate', 'corrupt', 'error']),
-  /** slow: the source's read rate. */
+  stream: z.enum(['slow', 'slow-write', 'truncate', 'corrupt', 'error']),
+  /** slow: the rate a save data_fd can be read at; slow-write: the rate a resume data_fd takes writes. */
   bytesPerSecond: z.number().positive().optional(),
   /** truncate/corrupt/error: the stream offset where it happens. */
   atByte: z.number().int().nonnegative().optional(),

@@ -3,6 +3,7 @@
  * reaches the device's state until RESUMING -> STOP validates the whole stream (commit()).
  */
 import type { FileHandle } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DeviceError, type ResumeStream } from '../device.js';
 import { formatBytes } from '../../api/quantity.js';
 import {
@@ -33,7 +34,10 @@ export class SimResumeSession implements ResumeStream {
   private written = 0;
   private closed = false;
 
-  constructor(private readonly target: ResumeTarget) {
+  private readonly startedAt = Date.now();
+
+  /** `writeRate`: bytes per second this device takes (a slow-write fault), unlimited when unset. */
+  constructor(private readonly target: ResumeTarget, private readonly writeRate?: number) {
     this.pageCrcs = new Uint32Array(target.pageCount);
     this.seen = new Uint8Array(target.pageCount);
   }
@@ -51,6 +55,10 @@ export class SimResumeSession implements ResumeStream {
       at += this.recordLeft > 0 ? await this.writeData(buf.subarray(at)) : this.takeHead(buf.subarray(at));
     }
     this.written += buf.length;
+    if (this.writeRate) {
+      const wait = this.startedAt + (this.written / this.writeRate) * 1000 - Date.now();
+      if (wait > 0) await sleep(wait);
+    }
   }
 
   async close(): Promise<void> {
