@@ -28,7 +28,7 @@ export class Agent {
     const tls = await loadTls(config);
     const holder = config.holder ? await ensureHolder(config.stateDir, opts.devmigBin) : undefined;
     const journal = await Journal.open(config.stateDir);
-    const devices = await openDevices(config, holder);
+    const devices = await openDevices(config, holder, opts.log);
     const ctx: AgentContext = { config, devices, journal, sessions: new SessionTable(), tls, log: opts.log, draining: false };
     await reconcile(ctx);
     const server = createAgentServer(ctx);

@@ -2,7 +2,11 @@
  * The node's devices: the simulated ones from configuration and the kernel's VFIO devices, each with a
  * per-device mutex so operations on one device never interleave.
  */
-import type { MigrationDevice } from '../vfio/device.js';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { DeviceError, type MigrationDevice } from '../vfio/device.js';
+import { openKernelDevice } from '../vfio/kernel.js';
+import { discoverVfioDevices } from './discover.js';
 import { SimDevice } from '../vfio/sim/device.js';
 import { flagNames } from '../vfio/uapi.js';
 import type { AgentConfig } from './config.js';
@@ -49,8 +53,9 @@ export class DeviceRegistry {
   }
 }
 
-export async function openDevices(config: AgentConfig, holder: number | undefined): Promise<DeviceRegistry> {
+export async function openDevices(config: AgentConfig, holder: number | undefined, log: Logger): Promise<DeviceRegistry> {
   const reg = new DeviceRegistry();
+  if (config.devices.kernel) await openKernelDevices(reg, config.devices.kernel, log);
   const sim = config.devices.simulated;
   for (const d of sim?.devices ?? []) {
     const dev = await SimDevice.open({
@@ -64,4 +69,46 @@ export async function openDevices(config: AgentConfig, holder: number | undefine
 
 export function describeFlags(flags: number): string[] {
   return flagNames(flags);
+}
+
+/**
+ * Opens every vfio-bound PCI function found in sysfs. One without migration support is listed with
+ * no flags (the controller refuses it by name); one that cannot be opened (a VM holds it) is skipped
+ * with a warning, since its fd belongs to someone else.
+ */
+async function openKernelDevices(reg: DeviceRegistry, cfg: NonNullable<AgentConfig['devices']['kernel']>, log: Logger): Promise<void> {
+  const opts = cfg.libc ? { libc: cfg.libc } : {};
+  for (const found of await discoverVfioDevices(cfg.sysfs, cfg.dev)) {
+    const spec = found.cdev ? { cdev: found.cdev, iommu: join(cfg.dev, 'iommu') }
+      : found.group ? { group: found.group, bdf: found.bdf, container: join(cfg.dev, 'vfio/vfio') } : undefined;
+    if (!spec) {
+      log.warn({ device: found.name, bdf: found.bdf }, 'vfio device has neither a cdev nor an IOMMU group; skipped');
+      continue;
+    }
+    let dev;
+    try {
+      dev = await openKernelDevice(spec, opts);
+    } catch (e) {
+      log.warn({ device: found.name, bdf: found.bdf, err: (e as Error).message }, 'cannot open vfio device; skipped');
+      continue;
+    }
+    const flags = await dev.probe().catch((e: unknown) => {
+      if (e instanceof DeviceError && e.errno === 'ENOTTY') return 0;
+      throw e;
+    });
+    reg.add('kernel', new NamedDevice(found.name, dev), flags);
+    log.info({ device: found.name, bdf: found.bdf, driver: found.driver, flags: flagNames(flags) }, 'kernel vfio device');
+  }
+}
+
+/** A kernel device under its object name (pci-0000-3b-00-1) rather than its path. */
+class NamedDevice implements MigrationDevice {
+  constructor(readonly name: string, private readonly inner: MigrationDevice) {}
+  probe = () => this.inner.probe();
+  getState = () => this.inner.getState();
+  setState = (s: Parameters<MigrationDevice['setState']>[0]) => this.inner.setState(s);
+  precopyInfo = () => this.inner.precopyInfo();
+  stopCopySize = () => this.inner.stopCopySize();
+  reset = () => this.inner.reset();
+  close = () => this.inner.close();
 }

@@ -1,0 +1,84 @@
+/**
+ * Agents with kernel devices: found through a sysfs tree made by the test, opened by both VFIO paths
+ * through the C double of the kernel's ioctls, and migrated node to node through the relay.
+ */
+import koffi from 'koffi';
+import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Agent } from '../../src/agent/agent.js';
+import { deviceNameOf, discoverVfioDevices } from '../../src/agent/discover.js';
+import { newTicket } from '../../src/agent/identity.js';
+import { buildDouble } from '../helpers/cbuild.js';
+import { agentConfig, controllerClient, makePki, startAgent, until, type Pki } from '../helpers/agents.js';
+
+let dir: string;
+let sysfs: string;
+let libc: string;
+let pki: Pki;
+const cEnv = koffi.load('libc.so.6');
+const setenv = cEnv.func('int setenv(const char *name, const char *value, int overwrite)') as (k: string, v: string, o: number) => number;
+
+async function pciFunction(bdf: string, driver: string | undefined, extra: { cdev?: string; group?: string } = {}) {
+  const d = join(sysfs, 'bus/pci/devices', bdf);
+  await mkdir(d, { recursive: true });
+  if (driver) await symlink(`../../../bus/pci/drivers/${driver}`, join(d, 'driver'));
+  if (extra.cdev) await mkdir(join(d, 'vfio-dev', extra.cdev), { recursive: true });
+  if (extra.group) await symlink(`../../../kernel/iommu_groups/${extra.group}`, join(d, 'iommu_group'));
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'devmig-kagent-'));
+  sysfs = join(dir, 'sys');
+  libc = await buildDouble();
+  pki = await makePki(dir);
+  await pciFunction('0000:3b:00.1', 'vfio-pci', { cdev: 'vfio0', group: '40' });
+  await pciFunction('0000:3b:00.2', 'mlx5_vfio_pci', { group: '41' });
+  await pciFunction('0000:00:1f.2', 'ahci', { group: '7' });
+  await pciFunction('0000:3b:00.3', undefined, { group: '42' });
+});
+afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+
+it('finds the functions bound to vfio drivers, with their cdev or group', async () => {
+  expect(await discoverVfioDevices(sysfs, '/dev')).toEqual([
+    { name: 'pci-0000-3b-00-1', bdf: '0000:3b:00.1', driver: 'vfio-pci', cdev: '/dev/vfio/devices/vfio0', group: '/dev/vfio/40' },
+    { name: 'pci-0000-3b-00-2', bdf: '0000:3b:00.2', driver: 'mlx5_vfio_pci', group: '/dev/vfio/41' },
+  ]);
+  expect(deviceNameOf('0000:AF:00.7')).toBe('pci-0000-af-00-7');
+});
+
+it('migrates a kernel device between two agents, exactly', async () => {
+  const kernel = { sysfs, dev: '/dev', libc };
+  setenv('VFIO_DOUBLE_SEED', '5', 1);
+  setenv('VFIO_DOUBLE_SIZE', String(3 * 2 ** 20), 1);
+  const source: Agent = await startAgent(await agentConfig(join(dir, 'a'), pki, 'node-a', '127.0.0.2', [], { devices: { kernel } }));
+  setenv('VFIO_DOUBLE_SEED', '9', 1);
+  const target: Agent = await startAgent(await agentConfig(join(dir, 'b'), pki, 'node-b', '127.0.0.3', [], { devices: { kernel } }));
+  const src = controllerClient(source, pki);
+  const dst = controllerClient(target, pki);
+  const digest = koffi.load(libc).func('uint32_t vfio_double_digest(int fd)') as (fd: number) => number;
+  const fdOf = (a: Agent, name: string) => (a.ctx.devices.get(name)!.device as unknown as { inner: { fd: number } }).inner.fd;
+  try {
+    const listed = await src.devices();
+    expect(listed.devices.map((d) => [d.name, d.kind, d.flags.join(','), d.state])).toEqual([
+      ['pci-0000-3b-00-1', 'kernel', 'STOP_COPY,P2P,PRE_COPY', 'RUNNING'],
+      ['pci-0000-3b-00-2', 'kernel', 'STOP_COPY,P2P,PRE_COPY', 'RUNNING'],
+    ]);
+    const dev = 'pci-0000-3b-00-2'; // the group/container path on both sides
+    const before = digest(fdOf(source, dev));
+    expect(digest(fdOf(target, dev))).not.toBe(before);
+    const ticket = newTicket();
+    await dst.receive(dev, { migration: 'k1', op: 'prepare', ticket, sourceNode: 'node-a' });
+    await src.send(dev, { migration: 'k1', op: 'send', ticket, target: { node: 'node-b', device: dev, endpoint: target.endpoint } });
+    await until('verified', async () => (await src.migration('k1')).sessions[0]?.phase === 'Verified');
+    const commit = await dst.commit(dev, { migration: 'k1', op: 'commit' });
+    expect(commit.arcs).toEqual([expect.objectContaining({ from: 'RESUMING', to: 'STOP', result: 'Succeeded' })]);
+    await dst.setState(dev, { migration: 'k1', op: 'run', state: 'RUNNING' });
+    expect(digest(fdOf(target, dev))).toBe(before);
+  } finally {
+    src.close();
+    dst.close();
+    await source.stop();
+    await target.stop();
+  }
+});
