@@ -91,8 +91,10 @@ function consume(stream: ServerHttp2Stream, signal: AbortSignal, onChunk: (b: Bu
       reject(e instanceof Error ? e : new Error(String(e)));
     };
     const onAbort = () => stop(signal.reason);
+    // One gathering buffer, reused: the device write is awaited before the next batch is built.
+    const gather = Buffer.allocUnsafe(HIGH_WATER + BATCH);
     const flush = () => {
-      const data = batch.length === 1 ? batch[0]! : Buffer.concat(batch, gathered);
+      const data = batch.length === 1 ? batch[0]! : gathered <= gather.length ? concatInto(gather, batch) : Buffer.concat(batch, gathered);
       batch = [];
       gathered = 0;
       writing = write(data).then(next, stop);
@@ -123,4 +125,10 @@ function consume(stream: ServerHttp2Stream, signal: AbortSignal, onChunk: (b: Bu
     stream.once('aborted', () => stop(new Error('the source reset the stream')));
     stream.once('error', stop);
   });
+}
+
+function concatInto(target: Buffer, parts: Buffer[]): Buffer {
+  let at = 0;
+  for (const p of parts) at += p.copy(target, at);
+  return target.subarray(0, at);
 }

@@ -81,7 +81,19 @@ async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions,
   const throttle = new Throttle(opts.bandwidth);
   // One device read stays in flight while the previous chunk goes out: the data_fd read and the
   // network write overlap instead of taking turns.
-  let next = readChunk(save);
+  const pool = new BufferPool(POOL_SIZE, CHUNK);
+  const readChunk = async (): Promise<{ buf: Buffer; n: number | 'ENOMSG' }> => {
+    const buf = await pool.take();
+    try {
+      const n = await readDevice(save, buf);
+      if (n === 'ENOMSG' || n === 0) pool.give(buf);
+      return { buf, n };
+    } catch (e) {
+      pool.give(buf);
+      throw e;
+    }
+  };
+  let next = readChunk();
   try {
     return await pumpLoop();
   } finally {
@@ -97,17 +109,18 @@ async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions,
         // PRE_COPY's temporary end of data: the device may dirty more, or the controller may move it to
         // STOP_COPY; either way the same data_fd goes on.
         await sleep(opts.precopyPollMs ?? 5, undefined, { signal: opts.signal });
-        next = readChunk(save);
+        next = readChunk();
         continue;
       }
       if (n === 0) break;
-      next = readChunk(save);
+      next = readChunk();
       next.catch(() => undefined); // awaited on the next turn; a failure there is reported then
       const chunk = buf.subarray(0, n);
       digest.update(chunk);
       state.bytes += n;
       await throttle.take(n, opts.signal);
-      if (!req.write(chunk)) await once(req, 'drain', { signal: opts.signal });
+      // The buffer goes back to the pool once HTTP/2 has taken it.
+      if (!req.write(chunk, () => pool.give(buf))) await once(req, 'drain', { signal: opts.signal });
       opts.onProgress?.(state.bytes);
     }
     const value = digest.value();
@@ -117,9 +130,28 @@ async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions,
   }
 }
 
-async function readChunk(save: SaveStream): Promise<{ buf: Buffer; n: number | 'ENOMSG' }> {
-  const buf = Buffer.allocUnsafe(CHUNK);
-  return { buf, n: await readDevice(save, buf) };
+/** Chunks in flight: enough to keep a read and a few writes going, few enough to bound memory. */
+const POOL_SIZE = 6;
+
+/** Fixed read buffers, so the source's memory is a few chunks whatever the state size. */
+class BufferPool {
+  private readonly free: Buffer[] = [];
+  private readonly waiting: Array<(b: Buffer) => void> = [];
+
+  constructor(count: number, size: number) {
+    for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafe(size));
+  }
+
+  take(): Promise<Buffer> {
+    const b = this.free.pop();
+    return b ? Promise.resolve(b) : new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  give(b: Buffer): void {
+    const w = this.waiting.shift();
+    if (w) w(b);
+    else this.free.push(b);
+  }
 }
 
 async function readDevice(save: SaveStream, buf: Buffer): Promise<number | 'ENOMSG'> {
