@@ -1,0 +1,98 @@
+/**
+ * devmig's API, one zod declaration per kind. Each gives the TypeScript type, the runtime validation
+ * the controller applies, and (src/api/crd.ts) the CRD's openAPIV3Schema, so the three never drift.
+ */
+import { z } from 'zod';
+import { STATE_NAMES } from '../vfio/uapi.js';
+
+export const name = z.string().min(1).max(253).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/)
+  .describe('A Kubernetes object name: lowercase letters, digits, "-" and ".".');
+const quantityPattern = '^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$';
+const durationPattern = '^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$';
+const quantity = z.string().max(64).regex(new RegExp(quantityPattern)).describe('A Kubernetes quantity, e.g. 500Mi.');
+const duration = z.string().max(64).regex(new RegExp(durationPattern)).describe('A Go duration, e.g. 300ms or 10m.');
+const stateName = z.enum(STATE_NAMES as unknown as [string, ...string[]]);
+const time = z.string().describe('RFC 3339 time.');
+
+export const strategies = ['StopCopy', 'PreCopy', 'Auto'] as const;
+
+export const deviceMigrationSpec = z.strictObject({
+  source: z.strictObject({ node: name.describe('The node the device is on now.'), device: name.describe('The device on that node.') }),
+  target: z.strictObject({
+    node: name.describe('The node to move the device state to.'),
+    device: name.optional().describe('The device there; unset: the controller picks a free compatible one.'),
+  }),
+  strategy: z.enum(strategies).default('Auto').describe('StopCopy, PreCopy, or Auto (PreCopy when both devices support it).'),
+  limits: z.strictObject({
+    bandwidth: quantity.optional().describe('Bytes per second for the stream, e.g. 500Mi.'),
+    timeout: duration.optional().describe('How long the whole migration may take before it is rolled back.'),
+    maxDowntime: duration.optional().describe('PreCopy: switch to STOP_COPY once the rest fits in this much downtime.'),
+  }).optional(),
+  cancel: z.boolean().default(false).describe('Set to true to roll the migration back (the only field that may change).'),
+});
+
+export const phases = ['Pending', 'Preparing', 'PreCopy', 'StopCopy', 'Resuming', 'Succeeded', 'Failed', 'RolledBack', 'Cancelled'] as const;
+
+export const condition = z.strictObject({
+  type: z.string(),
+  status: z.enum(['True', 'False', 'Unknown']),
+  reason: z.string(),
+  message: z.string(),
+  lastTransitionTime: time,
+  observedGeneration: z.number().int().optional(),
+});
+
+export const arcRecord = z.strictObject({
+  device: z.enum(['source', 'target']),
+  from: stateName,
+  to: stateName,
+  startedAt: time,
+  durationMs: z.number(),
+  result: z.enum(['Succeeded', 'Failed']),
+  errno: z.string().optional(),
+  message: z.string().optional(),
+});
+
+export const deviceMigrationStatus = z.strictObject({
+  observedGeneration: z.number().int().optional(),
+  phase: z.enum(phases).optional(),
+  conditions: z.array(condition).optional(),
+  arcs: z.array(arcRecord).optional(),
+  transfer: z.strictObject({ bytes: z.number().int(), expectedBytes: z.number().int().optional(), digest: z.string().optional() }).optional(),
+  progress: z.string().optional().describe('Percent of the expected bytes moved, for printer columns.'),
+  targetDevice: name.optional().describe('The target device, chosen or given.'),
+  /** The write-ahead log: the step the controller has decided on, recorded before it acts. */
+  step: z.string().optional(),
+  attempt: z.number().int().optional(),
+  downtimeMs: z.number().optional(),
+  committedAt: time.optional(),
+  failure: z.strictObject({ reason: z.string(), message: z.string() }).optional(),
+});
+
+export const deviceNodeSpec = z.strictObject({
+  node: name,
+  endpoint: z.string().describe('The agent\'s HTTPS endpoint.'),
+  identity: z.string().describe('The identity the agent proves: agent:<node>.'),
+});
+
+export const deviceNodeStatus = z.strictObject({
+  devices: z.array(z.strictObject({
+    name,
+    kind: z.enum(['simulated', 'kernel']),
+    flags: z.array(z.enum(['STOP_COPY', 'P2P', 'PRE_COPY'])),
+    state: stateName,
+    migration: name.optional(),
+    role: z.enum(['source', 'target']).optional(),
+  })).optional(),
+  heartbeat: time.optional(),
+  ready: z.boolean().optional(),
+});
+
+export type DeviceMigrationSpec = z.infer<typeof deviceMigrationSpec>;
+export type DeviceMigrationStatus = z.infer<typeof deviceMigrationStatus>;
+export type DeviceNodeSpec = z.infer<typeof deviceNodeSpec>;
+export type DeviceNodeStatus = z.infer<typeof deviceNodeStatus>;
+export type Condition = z.infer<typeof condition>;
+export type ArcRecord = z.infer<typeof arcRecord>;
+export type Phase = (typeof phases)[number];
+export { quantityPattern, durationPattern };
