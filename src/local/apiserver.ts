@@ -1,0 +1,105 @@
+/**
+ * The local control plane's API server: a real kube-apiserver with embedded etcd, built from Go
+ * modules (src/local/apiserver) the first time it is needed and cached by a hash of its sources.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { access, mkdir, readdir, readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const SOURCE = fileURLToPath(new URL('../../src/local/apiserver/', import.meta.url));
+
+export function cacheDir(): string {
+  return process.env.DEVMIG_CACHE ?? join(homedir(), '.cache', 'devmig');
+}
+
+async function sourceHash(): Promise<string> {
+  const h = createHash('sha256');
+  for (const f of (await readdir(SOURCE)).filter((f) => /\.go$|^go\.(mod|sum)$/.test(f)).sort()) {
+    h.update(f).update(await readFile(join(SOURCE, f)));
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+function goBinary(): string {
+  return process.env.GO ?? (process.env.PATH?.split(':').some((p) => p === '/usr/local/go/bin') ? 'go' : '/usr/local/go/bin/go');
+}
+
+/** The binary for the current sources, built (minutes on a cold Go cache) only when missing. */
+export async function ensureApiserverBinary(log: (line: string) => void = () => undefined): Promise<string> {
+  const bin = join(cacheDir(), `kube-apiserver-local-${await sourceHash()}`);
+  if (await access(bin).then(() => true, () => false)) return bin;
+  await mkdir(cacheDir(), { recursive: true });
+  log(`building kube-apiserver with embedded etcd from Go modules into ${bin} (the first build takes several minutes)`);
+  const started = Date.now();
+  await run(goBinary(), ['build', '-o', bin, '.'], SOURCE);
+  log(`built in ${Math.round((Date.now() - started) / 1000)} s`);
+  return bin;
+}
+
+function run(cmd: string, args: string[], cwd: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'inherit', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-4000); });
+    child.on('error', (e) => reject(new Error(`${cmd} ${args.join(' ')}: ${e.message} (is Go installed? see README)`)));
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} failed (${code}):\n${err}`))));
+  });
+}
+
+export interface RunningApiserver {
+  readonly kubeconfig: string;
+  readonly server: string;
+  readonly pid: number;
+  readonly process: ChildProcess;
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly dataDir: string;
+  readonly port?: number;
+  /** Keep running after this process exits (local up). */
+  readonly detached?: boolean;
+  readonly logFile?: string;
+}
+
+export async function startApiserver(opts: StartOptions, log?: (line: string) => void): Promise<RunningApiserver> {
+  const bin = await ensureApiserverBinary(log);
+  await mkdir(opts.dataDir, { recursive: true });
+  const stderr = opts.logFile ? (await import('node:fs')).openSync(opts.logFile, 'a') : 'pipe';
+  const child = spawn(bin, ['--data-dir', opts.dataDir, '--port', String(opts.port ?? 0)], {
+    stdio: ['ignore', 'pipe', stderr], detached: opts.detached ?? false,
+  });
+  let tail = '';
+  child.stderr?.on('data', (d: Buffer) => { tail = (tail + d.toString()).slice(-4000); });
+  const ready = await new Promise<{ kubeconfig: string; server: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`kube-apiserver not ready after 180 s:\n${tail}`)), 180_000);
+    const lines = createInterface({ input: child.stdout! });
+    lines.on('line', (line) => {
+      try {
+        const msg = JSON.parse(line) as { ready?: boolean; kubeconfig: string; server: string };
+        if (msg.ready) { clearTimeout(timer); resolve(msg); }
+      } catch { /* klog lines on stdout are not ours */ }
+    });
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`kube-apiserver exited (${code}) before ready:\n${tail}`)); });
+  });
+  if (opts.detached) child.unref();
+  return {
+    ...ready,
+    pid: child.pid!,
+    process: child,
+    stop: () => stopProcess(child),
+  };
+}
+
+export async function stopProcess(child: ChildProcess, graceMs = 15_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}

@@ -1,0 +1,61 @@
+import { next, pastCommit, phaseOf, type Event, type Step } from '../../src/controller/machine.js';
+
+const ok: Event = { kind: 'ok' };
+const failed: Event = { kind: 'failed', reason: 'ArcFailed', message: 'x' };
+const unknown: Event = { kind: 'unknown', reason: 'OutcomeUnknown', message: 'timeout' };
+
+describe('migration state machine', () => {
+  const rows: Array<[Step, Event, Step, string?]> = [
+    ['Pending', ok, 'PrepareTarget'],
+    ['Pending', { kind: 'invalid', reason: 'DeviceNotFound', message: 'x' }, 'Failed', 'DeviceNotFound'],
+    ['PrepareTarget', ok, 'StartSend'],
+    ['PrepareTarget', failed, 'RollBack', 'ArcFailed'],
+    ['StartSend', ok, 'Streaming'],
+    ['StartSend', failed, 'RollBack', 'ArcFailed'],
+    ['Streaming', { kind: 'streaming' }, 'Streaming'],
+    ['Streaming', { kind: 'converged' }, 'StopCopy'],
+    ['StopCopy', ok, 'Streaming'],
+    ['Streaming', { kind: 'verified' }, 'Commit'],
+    ['Streaming', failed, 'RollBack', 'ArcFailed'],
+    ['Commit', ok, 'ResumeTarget'],
+    ['Commit', failed, 'RollBack', 'ArcFailed'],
+    ['ResumeTarget', ok, 'ReleaseSource'],
+    ['ReleaseSource', ok, 'Succeeded'],
+    ['RollBack', ok, 'RolledBack'],
+    ['RollBack', failed, 'Failed', 'ArcFailed'],
+    ['Pending', { kind: 'cancel' }, 'Cancelled', 'Cancelled'],
+    ['Streaming', { kind: 'cancel' }, 'RollBack', 'Cancelled'],
+    ['PrepareTarget', { kind: 'timeout' }, 'RollBack', 'Timeout'],
+    ['Succeeded', failed, 'Succeeded'],
+  ];
+  it.each(rows.map(([s, e, w, r]) => [s, e, w, r ?? null] as const))('%s + %j -> %s', (step, ev, want, reason) => {
+    const t = next(step, ev);
+    expect(t.step).toBe(want);
+    expect(t.failure?.reason ?? null).toBe(reason);
+  });
+
+  it('an unknown outcome holds the step with a condition, at every step', () => {
+    for (const s of ['PrepareTarget', 'StartSend', 'Commit', 'ResumeTarget', 'RollBack'] as Step[]) {
+      expect(next(s, unknown)).toEqual({ step: s, blocked: { reason: 'OutcomeUnknown', message: 'timeout' } });
+    }
+  });
+
+  it('never lets the source run once the commit is recorded: failures are held, cancel is refused', () => {
+    for (const s of ['ResumeTarget', 'ReleaseSource'] as Step[]) {
+      expect(next(s, failed)).toEqual({ step: s, blocked: { reason: 'ArcFailed', message: 'x' } });
+      expect(next(s, { kind: 'cancel' }).step).toBe(s);
+      expect(next(s, { kind: 'cancel' }).blocked?.reason).toBe('TooLateToCancel');
+      expect(next(s, { kind: 'timeout' }).step).toBe(s);
+    }
+    expect(pastCommit('Commit')).toBe(true);
+    expect(pastCommit('Streaming')).toBe(false);
+  });
+
+  it('phases for people', () => {
+    expect(phaseOf('Streaming', true)).toBe('PreCopy');
+    expect(phaseOf('Streaming', false)).toBe('StopCopy');
+    expect(phaseOf('Commit', false)).toBe('Resuming');
+    expect(phaseOf('RolledBack', false, { reason: 'Cancelled' })).toBe('Cancelled');
+    expect(phaseOf('RolledBack', false, { reason: 'ArcFailed' })).toBe('RolledBack');
+  });
+});
