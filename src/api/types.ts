@@ -63,7 +63,9 @@ export const deviceMigrationStatus = z.strictObject({
   targetDevice: name.optional().describe('The target device, chosen or given.'),
   /** The write-ahead log: the step the controller has decided on, recorded before it acts. */
   step: z.string().optional(),
-  attempt: z.number().int().optional(),
+  precopy: z.boolean().optional().describe('Whether the migration streams from PRE_COPY (the strategy, resolved).'),
+  startedAt: time.optional(),
+  stopCopyAt: time.optional().describe('When the source stopped: downtime runs from here to the target RUNNING.'),
   downtimeMs: z.number().optional(),
   committedAt: time.optional(),
   failure: z.strictObject({ reason: z.string(), message: z.string() }).optional(),
