@@ -12,6 +12,7 @@ import type { AgentContext } from './context.js';
 import { openDevices } from './devices.js';
 import { ensureHolder } from './holder.js';
 import { Journal } from './journal.js';
+import { DeviceNodePublisher } from './publish.js';
 import { createAgentServer } from './server.js';
 import { SessionTable } from './sessions.js';
 
@@ -22,6 +23,8 @@ export interface AgentOptions {
 }
 
 export class Agent {
+  private publisher: DeviceNodePublisher | undefined;
+
   private constructor(readonly ctx: AgentContext, private readonly server: Http2SecureServer) {}
 
   static async start(config: AgentConfig, opts: AgentOptions): Promise<Agent> {
@@ -37,6 +40,10 @@ export class Agent {
       server.listen(config.listen.port, config.listen.host, () => resolve());
     });
     const agent = new Agent(ctx, server);
+    if (config.kube) {
+      agent.publisher = new DeviceNodePublisher(ctx, config.kube.kubeconfig, agent.endpoint, config.kube.heartbeatSeconds * 1000);
+      await agent.publisher.start();
+    }
     opts.log.info({ node: config.node, endpoint: agent.endpoint, devices: devices.list().map((d) => d.name), holder }, 'agent ready');
     return agent;
   }
@@ -52,6 +59,8 @@ export class Agent {
   /** Graceful shutdown: new work gets 503, sessions in flight get drainSeconds to finish. */
   async stop(): Promise<void> {
     this.ctx.draining = true;
+    this.publisher?.stop();
+    await this.publisher?.publish(false).catch((e: unknown) => this.ctx.log.warn({ err: (e as Error).message }, 'could not mark the DeviceNode not ready'));
     const deadline = Date.now() + this.ctx.config.drainSeconds * 1000;
     while (this.ctx.sessions.active().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.ctx.sessions.active()) s.abort.abort(new Error('agent shutting down'));

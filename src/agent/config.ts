@@ -42,6 +42,11 @@ export const agentConfigSchema = z.strictObject({
   maxSessions: z.number().int().positive().default(4),
   /** How long a graceful shutdown waits for in-flight sessions. */
   drainSeconds: z.number().nonnegative().default(30),
+  /** Publish this node's DeviceNode to Kubernetes (unset: run without a cluster). */
+  kube: z.strictObject({
+    kubeconfig: z.string().optional(),
+    heartbeatSeconds: z.number().positive().default(5),
+  }).optional(),
   devices: z.strictObject({
     simulated: z.strictObject({ dir: z.string(), devices: z.array(simDevice) }).optional(),
     kernel: z.strictObject({

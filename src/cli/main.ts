@@ -2,6 +2,8 @@
 import { Command, CommanderError } from 'commander';
 import { DeviceError } from '../vfio/device.js';
 import { registerAgent } from './agent.js';
+import { registerController } from './controller.js';
+import { registerLocal } from './local.js';
 import { registerDemo } from './demo.js';
 import { registerDevice } from './device.js';
 import { registerFsm } from './fsm.js';
@@ -19,6 +21,8 @@ export function buildProgram(io: Io): Command {
   registerDevice(program, io);
   registerDemo(program, io);
   registerAgent(program, io);
+  registerController(program, io);
+  registerLocal(program, io);
   for (const c of program.commands) c.exitOverride().configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) });
   return program;
 }

@@ -4,16 +4,19 @@ import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { SimDevice } from '../vfio/sim/device.js';
 import { simDigest } from '../vfio/sim/digest.js';
 import { flagNames, parseFlags } from '../vfio/uapi.js';
+import { localSimDir } from './local.js';
 import { CliError, jsonLine, parseFormat, type Io } from './output.js';
 
-interface DigestOpts { dir: string; device: string; output?: string }
+interface DigestOpts { dir?: string; node?: string; local: string; device: string; output?: string }
 interface CreateOpts { dir: string; device: string; size: string; flags: string; migration: boolean; output?: string }
 
 export function registerSim(program: Command, io: Io): void {
   const sim = program.command('sim').description('simulated VFIO migration devices');
   sim.command('digest')
     .description('the SHA-256 of a simulated device\'s state (to check that a migration moved it exactly)')
-    .requiredOption('--dir <dir>', 'directory holding the simulated devices')
+    .option('--dir <dir>', 'directory holding the simulated devices')
+    .option('--node <node>', 'a node of the local environment (devmig local up) instead of --dir')
+    .option('--local <dir>', 'the local environment\'s directory', '.devmig')
     .requiredOption('--device <name>', 'device name, e.g. sim-0')
     .option('-o, --output <format>', 'json for one JSON object')
     .action((opts: DigestOpts) => digest(opts, io));
@@ -30,7 +33,9 @@ export function registerSim(program: Command, io: Io): void {
 
 async function digest(opts: DigestOpts, io: Io): Promise<void> {
   const format = parseFormat(opts.output);
-  const d = await simDigest(opts.dir, opts.device);
+  if (!opts.dir === !opts.node) throw new CliError('give either --dir DIR or --node NODE (of the local environment)');
+  const dir = opts.dir ?? (await localSimDir(opts.local, opts.node!));
+  const d = await simDigest(dir, opts.device);
   if (format === 'json') return io.out(jsonLine(d));
   io.out(`${d.sha256}  ${d.device} (${formatBytes(d.bytes)}, ${d.state}, generation ${d.generation})`);
 }

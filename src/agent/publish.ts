@@ -1,0 +1,43 @@
+/**
+ * The agent's DeviceNode: its devices with their flags, states and users, its endpoint and identity,
+ * and a heartbeat. Written only by this node's agent (RBAC restricts it to its own object).
+ */
+import type { DeviceNodeStatus } from '../api/types.js';
+import { Kube } from '../controller/kube.js';
+import type { AgentContext } from './context.js';
+import { deviceView } from './ops.js';
+
+export class DeviceNodePublisher {
+  private timer: NodeJS.Timeout | undefined;
+  private readonly kube: Kube;
+
+  constructor(private readonly ctx: AgentContext, kubeconfig: string | undefined, private readonly endpoint: string, private readonly everyMs: number) {
+    this.kube = Kube.fromFile(kubeconfig);
+  }
+
+  async start(): Promise<void> {
+    await this.publish();
+    this.timer = setInterval(() => {
+      this.publish().catch((e: unknown) => this.ctx.log.warn({ err: (e as Error).message }, 'DeviceNode heartbeat failed'));
+    }, this.everyMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  async publish(ready = !this.ctx.draining): Promise<void> {
+    const node = this.ctx.config.node;
+    const devices = await Promise.all(this.ctx.devices.list().map((d) => deviceView(this.ctx, d.name)));
+    const status: DeviceNodeStatus = {
+      devices: devices.map((d) => ({
+        name: d.name, kind: d.kind, flags: d.flags as Array<'STOP_COPY' | 'P2P' | 'PRE_COPY'>,
+        state: d.state, ...(d.migration ? { migration: d.migration } : {}), ...(d.role ? { role: d.role } : {}),
+      })),
+      heartbeat: new Date().toISOString(),
+      ready,
+    };
+    await this.kube.upsertDeviceNode({ node, endpoint: this.endpoint, identity: `agent:${node}` }, status);
+  }
+}

@@ -1,0 +1,96 @@
+/** `devmig local`: the embedded local environment, and a migration to watch on it. */
+import type { Command } from 'commander';
+import { join, resolve } from 'node:path';
+import { API_VERSION } from '../api/names.js';
+import { formatBytes, parseQuantity } from '../api/quantity.js';
+import { Kube, type DeviceMigration } from '../controller/kube.js';
+import { localDown, localUp, readLocal } from '../local/env.js';
+import { simDigest } from '../vfio/sim/digest.js';
+import { CliError, jsonLine, parseFormat, table, type Io } from './output.js';
+
+interface UpOpts { dir: string; nodes: string; devices: string; stateSize: string; loopback: string; output?: string }
+
+export function registerLocal(program: Command, io: Io): void {
+  const local = program.command('local').description('a local devmig: real kube-apiserver, agents with simulated devices, controller');
+  const up = local.command('up').description('start it (builds the kube-apiserver on first use; idempotent)');
+  addUpOptions(up).action((o: UpOpts) => up_(o, io));
+  local.command('down').description('stop everything `local up` started (idempotent)')
+    .option('--dir <dir>', 'where the local environment lives', '.devmig')
+    .action((o: { dir: string }) => localDown(o.dir, (t) => io.out(t)));
+  const demo = local.command('demo').description('local up, then migrate node-1/sim-0 to node-2 and watch it, then check the digest');
+  addUpOptions(demo).option('--strategy <s>', 'StopCopy, PreCopy or Auto', 'Auto').action((o: UpOpts & { strategy: string }) => runDemo(o, io));
+}
+
+function addUpOptions(c: Command): Command {
+  return c.option('--dir <dir>', 'where the local environment lives', '.devmig')
+    .option('--nodes <n>', 'simulated nodes', '2')
+    .option('--devices <m>', 'simulated devices per node', '2')
+    .option('--state-size <quantity>', 'device state size', '64Mi')
+    .option('--loopback <prefix>', 'agents listen on <prefix>.2, <prefix>.3, ...', '127.0.0')
+    .option('-o, --output <format>', 'json for one JSON object');
+}
+
+async function up_(o: UpOpts, io: Io): Promise<void> {
+  const format = parseFormat(o.output);
+  const state = await localUp(upOptions(o), (t) => { if (format === 'text') io.out(t); });
+  if (format === 'json') io.out(jsonLine(state));
+}
+
+function upOptions(o: UpOpts) {
+  const nodes = Number(o.nodes);
+  const devices = Number(o.devices);
+  if (!Number.isInteger(nodes) || nodes < 2 || nodes > 50) throw new CliError(`--nodes ${o.nodes}: give a whole number from 2 to 50`);
+  if (!Number.isInteger(devices) || devices < 1 || devices > 64) throw new CliError(`--devices ${o.devices}: give a whole number from 1 to 64`);
+  parseQuantity(o.stateSize, '--state-size');
+  if (!/^127\.\d{1,3}\.\d{1,3}$/.test(o.loopback)) throw new CliError(`--loopback ${o.loopback}: give the first three octets of a loopback address, e.g. 127.0.0`);
+  return { dir: o.dir, nodes, devices, stateSize: o.stateSize, loopbackPrefix: o.loopback };
+}
+
+async function runDemo(o: UpOpts & { strategy: string }, io: Io): Promise<void> {
+  const format = parseFormat(o.output);
+  const say = (t: string) => { if (format === 'text') io.out(t); };
+  const state = await localUp(upOptions(o), say);
+  const kube = Kube.fromFile(state.kubeconfig);
+  const src = state.agents[0]!;
+  const before = await simDigest(src.simDir, 'sim-0');
+  const name = `demo-${Date.now().toString(36)}`;
+  say(`\nsource node-1/sim-0: ${formatBytes(before.bytes)}, sha256 ${before.sha256}`);
+  say(`applying DeviceMigration ${name}: node-1/sim-0 -> node-2 (strategy ${o.strategy})`);
+  await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
+    apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name },
+    spec: { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2' }, strategy: o.strategy },
+  } });
+  const m = await watch(kube, name, say);
+  const s = m.status!;
+  say(table(['DEVICE', 'FROM', 'TO', 'RESULT', 'MS', 'ERRNO'], (s.arcs ?? []).map((a) => [a.device, a.from, a.to, a.result, String(a.durationMs), a.errno ?? ''])));
+  const target = state.agents.find((a) => a.node === 'node-2')!;
+  const after = s.targetDevice ? await simDigest(target.simDir, s.targetDevice) : undefined;
+  const intact = after?.sha256 === before.sha256;
+  say(`\n${name}: ${s.phase}; moved ${formatBytes(s.transfer?.bytes ?? 0)}, downtime ${s.downtimeMs ?? '?'} ms`);
+  say(`target node-2/${s.targetDevice ?? '?'} sha256 ${after?.sha256 ?? '?'}: ${intact ? 'identical, the state moved intact' : 'DIFFERENT'}`);
+  say(`\nthe environment keeps running: KUBECONFIG=${join(resolve(o.dir), 'kubeconfig')} kubectl get dmig; stop it with \`npm run local:down\``);
+  if (format === 'json') io.out(jsonLine({ name, phase: s.phase, bytes: s.transfer?.bytes, downtimeMs: s.downtimeMs, arcs: s.arcs?.length, intact }));
+  if (s.phase !== 'Succeeded' || !intact) throw new CliError(`the demo migration ended ${s.phase}${s.failure ? `: ${s.failure.reason}: ${s.failure.message}` : ''}`);
+}
+
+async function watch(kube: Kube, name: string, say: (t: string) => void): Promise<DeviceMigration> {
+  let last = '';
+  const deadline = Date.now() + 300_000;
+  while (Date.now() < deadline) {
+    const m = await kube.getMigration(name);
+    const s = m?.status;
+    const line = `${s?.phase ?? 'Pending'}${s?.transfer ? ` ${formatBytes(s.transfer.bytes)}` : ''}${s?.failure ? ` (${s.failure.reason})` : ''}`;
+    if (line !== last) say(`  ${new Date().toISOString().slice(11, 23)}  ${line}`);
+    last = line;
+    if (m && s?.phase && ['Succeeded', 'Failed', 'RolledBack', 'Cancelled'].includes(s.phase)) return m;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new CliError(`${name} did not finish in 5 minutes; see ${'.devmig/logs'}`);
+}
+
+export async function localSimDir(dir: string, node: string): Promise<string> {
+  const s = await readLocal(dir);
+  const a = s?.agents.find((x) => x.node === node);
+  if (!a) throw new CliError(`no local node ${node} in ${resolve(dir)}; run \`devmig local up\` first`);
+  return a.simDir;
+}

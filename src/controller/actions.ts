@@ -1,0 +1,181 @@
+/**
+ * One effect per step: each calls one agent op (idempotent by migration and op id) and turns the
+ * answer into an Event for the state machine. Arcs the agents report are returned for the status.
+ */
+import { createHmac } from 'node:crypto';
+import { parseDuration, parseQuantity } from '../api/quantity.js';
+import type { ArcRecord } from '../api/types.js';
+import { AgentCallError, type AgentClient, type ArcsAnswer } from '../agent/client.js';
+import type { DeviceMigration, DeviceNode } from './kube.js';
+import type { Event, Step } from './machine.js';
+
+export interface Peers {
+  readonly source: AgentClient;
+  readonly target: AgentClient;
+  readonly sourceNode: DeviceNode;
+  readonly targetNode: DeviceNode;
+}
+
+export interface Outcome {
+  readonly event: Event;
+  readonly arcs?: ArcRecord[];
+  /** Status fields to set with the transition. */
+  readonly status?: Record<string, unknown>;
+}
+
+/** Tickets are derived, not stored: HMAC(secret, uid) re-derives the same one after a restart. */
+export function ticketFor(secret: Buffer, m: DeviceMigration): string {
+  return createHmac('sha256', secret).update(`${m.metadata.uid ?? m.metadata.name}/ticket`).digest('base64url');
+}
+
+export function wantsPrecopy(m: DeviceMigration, node: DeviceNode | undefined, targetNode: DeviceNode | undefined, device: string, targetDevice: string): boolean {
+  if (m.spec.strategy === 'StopCopy') return false;
+  if (m.spec.strategy === 'PreCopy') return true;
+  const has = (n: DeviceNode | undefined, d: string) => n?.status?.devices?.find((x) => x.name === d)?.flags.includes('PRE_COPY') ?? false;
+  return has(node, device) && has(targetNode, targetDevice);
+}
+
+const arcsOf = (device: 'source' | 'target', a: { arcs?: ArcsAnswer['arcs'] } | undefined): ArcRecord[] =>
+  (a?.arcs ?? []).map((x) => ({ device, ...x }));
+
+/** Calls an agent op; answers become events, arcs included even when the op failed. */
+export async function call(device: 'source' | 'target', fn: () => Promise<ArcsAnswer | object>): Promise<Outcome> {
+  try {
+    const r = await fn();
+    return { event: { kind: 'ok' }, arcs: arcsOf(device, r) };
+  } catch (e) {
+    if (e instanceof AgentCallError) {
+      const body = e.body as ArcsAnswer & { error?: { code?: string; message?: string } };
+      const arcs = arcsOf(device, body);
+      // 5xx and 429 say nothing about the device: the op is asked again.
+      if (e.status >= 500 || e.status === 429) return { event: { kind: 'unknown', reason: e.code, message: e.message }, arcs };
+      return { event: { kind: 'failed', reason: e.code, message: body.error?.message ?? e.message }, arcs };
+    }
+    return { event: { kind: 'unknown', reason: 'AgentUnreachable', message: `${device} agent: ${(e as Error).message}` } };
+  }
+}
+
+export interface StepContext {
+  readonly m: DeviceMigration;
+  readonly peers: Peers;
+  readonly ticket: string;
+  readonly targetDevice: string;
+  readonly precopy: boolean;
+  readonly now: number;
+}
+
+export async function act(step: Step, c: StepContext): Promise<Outcome> {
+  const { m, peers, ticket, targetDevice } = c;
+  const name = m.metadata.name;
+  const src = m.spec.source.device;
+  switch (step) {
+    case 'PrepareTarget':
+      return call('target', () => peers.target.receive(targetDevice, { migration: name, op: 'prepare', ticket, sourceNode: m.spec.source.node }));
+    case 'StartSend': {
+      const bandwidth = m.spec.limits?.bandwidth ? parseQuantity(m.spec.limits.bandwidth) : undefined;
+      const o = await call('source', () => peers.source.send(src, {
+        migration: name, op: 'send', ticket, precopy: c.precopy, ...(bandwidth ? { bandwidth } : {}),
+        target: { node: m.spec.target.node, device: targetDevice, endpoint: peers.targetNode.spec.endpoint },
+      }));
+      // With STOP_COPY the source stops here: downtime starts now.
+      return c.precopy ? o : { ...o, status: { stopCopyAt: new Date(c.now).toISOString() } };
+    }
+    case 'Streaming':
+      return observe(c);
+    case 'StopCopy': {
+      const o = await call('source', () => peers.source.setState(src, { migration: name, op: 'stop-copy', state: 'STOP_COPY' }));
+      return { ...o, status: { stopCopyAt: new Date(c.now).toISOString() } };
+    }
+    case 'Commit': {
+      const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit' }));
+      return o.event.kind === 'ok' ? { ...o, status: { committedAt: new Date(c.now).toISOString() } } : o;
+    }
+    case 'ResumeTarget': {
+      const o = await call('target', () => peers.target.setState(targetDevice, { migration: name, op: 'run', state: 'RUNNING' }));
+      const stopped = (m.status)?.stopCopyAt;
+      return o.event.kind === 'ok' && stopped ? { ...o, status: { downtimeMs: c.now - Date.parse(stopped) } } : o;
+    }
+    case 'ReleaseSource':
+      return release(c);
+    case 'RollBack':
+      return rollBack(c);
+    default:
+      return { event: { kind: 'ok' } };
+  }
+}
+
+/** Streaming: read progress from the source; decide PRE_COPY convergence; see the end. */
+async function observe(c: StepContext): Promise<Outcome> {
+  const name = c.m.metadata.name;
+  let view;
+  try {
+    view = await c.peers.source.migration(name);
+  } catch (e) {
+    return { event: { kind: 'unknown', reason: 'AgentUnreachable', message: `source agent: ${(e as Error).message}` } };
+  }
+  const s = view.sessions.find((x) => x.role === 'source' && x.device === c.m.spec.source.device);
+  if (!s) return { event: { kind: 'failed', reason: 'NoSession', message: 'the source agent has no session for this migration' } };
+  const transfer = { bytes: s.bytes, ...(s.digest ? { digest: s.digest } : {}) };
+  if (s.phase === 'Verified') return { event: { kind: 'verified' }, status: { transfer } };
+  if (s.phase === 'Failed' || s.phase === 'Cancelled' || s.phase === 'Interrupted') {
+    if (s.allSent && (await targetVerified(c))) return { event: { kind: 'verified' }, status: { transfer } };
+    return { event: { kind: 'failed', reason: s.error?.code ?? 'StreamFailed', message: s.error?.message ?? `the stream ${s.phase.toLowerCase()}` }, status: { transfer } };
+  }
+  if (c.precopy && !(c.m.status)?.stopCopyAt && s.precopy && converged(c, s.precopy)) {
+    return { event: { kind: 'converged' }, status: { transfer } };
+  }
+  return { event: { kind: 'streaming' }, status: { transfer } };
+}
+
+/** PRE_COPY may stop once the initial bytes are out and what is dirty fits the allowed downtime. */
+function converged(c: StepContext, p: { initialBytes: number; dirtyBytes: number }): boolean {
+  if (p.initialBytes > 0) return false;
+  const allowedMs = c.m.spec.limits?.maxDowntime ? parseDuration(c.m.spec.limits.maxDowntime) : 300;
+  const rate = c.m.spec.limits?.bandwidth ? parseQuantity(c.m.spec.limits.bandwidth) : 200 * 2 ** 20;
+  return (p.dirtyBytes / rate) * 1000 <= allowedMs;
+}
+
+async function targetVerified(c: StepContext): Promise<boolean> {
+  try {
+    const v = await c.peers.target.migration(c.m.metadata.name);
+    return v.sessions.some((x) => x.role === 'target' && (x.phase === 'Verified' || x.phase === 'Committed'));
+  } catch {
+    return false;
+  }
+}
+
+async function release(c: StepContext): Promise<Outcome> {
+  const name = c.m.metadata.name;
+  const stop = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: name, op: 'stop', state: 'STOP' }));
+  if (stop.event.kind !== 'ok') return stop;
+  const a = await call('source', () => c.peers.source.release(c.m.spec.source.device, { migration: name, op: 'release' }));
+  if (a.event.kind !== 'ok') return { ...a, arcs: stop.arcs ?? [] };
+  const b = await call('target', () => c.peers.target.release(c.targetDevice, { migration: name, op: 'release' }));
+  return { ...b, arcs: stop.arcs ?? [] };
+}
+
+/** Target reset (aborting RESUMING needs it), source RUNNING again, both released. */
+async function rollBack(c: StepContext): Promise<Outcome> {
+  const name = c.m.metadata.name;
+  const arcs: ArcRecord[] = [];
+  const t = await call('target', () => c.peers.target.cancel(name, { op: 'cancel' }));
+  if (t.event.kind !== 'ok') return t;
+  const tv = await c.peers.target.device(c.targetDevice).catch(() => undefined);
+  if (tv && tv.migration === name && tv.state !== 'RUNNING') {
+    const r = await call('target', () => c.peers.target.reset(c.targetDevice, { migration: name, op: 'rollback-reset' }));
+    if (r.event.kind !== 'ok') return r;
+  }
+  const s = await call('source', () => c.peers.source.cancel(name, { op: 'cancel' }));
+  if (s.event.kind !== 'ok') return s;
+  const sv = await c.peers.source.device(c.m.spec.source.device).catch(() => undefined);
+  if (sv && sv.migration === name && sv.state !== 'RUNNING') {
+    const r = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: name, op: 'rollback-run', state: 'RUNNING' }));
+    arcs.push(...(r.arcs ?? []));
+    if (r.event.kind !== 'ok') return { ...r, arcs };
+  }
+  for (const [client, dev] of [[c.peers.source, c.m.spec.source.device], [c.peers.target, c.targetDevice]] as const) {
+    const r = await call('source', () => client.release(dev, { migration: name, op: 'rollback-release' }));
+    if (r.event.kind !== 'ok' && r.event.kind !== 'failed') return r;
+  }
+  return { event: { kind: 'ok' }, arcs };
+}

@@ -1,0 +1,118 @@
+/**
+ * The controller: wiring only. Leader election, a watch of DeviceMigrations that restarts on error
+ * and relists periodically, a key-based work queue, the reconciler, and /metrics.
+ */
+import * as k8s from '@kubernetes/client-node';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { GROUP, VERSION } from '../api/names.js';
+import type { TlsMaterial } from '../relay/h2.js';
+import type { Kube } from './kube.js';
+import { lead, type LeaderOptions } from './leader.js';
+import { Metrics } from './metrics.js';
+import { WorkQueue } from './queue.js';
+import { Reconciler } from './reconcile.js';
+
+export interface ControllerOptions {
+  readonly kube: Kube;
+  readonly tls: TlsMaterial;
+  readonly ticketSecret: Buffer;
+  readonly log: Logger;
+  readonly workers: number;
+  readonly metricsPort?: number;
+  readonly metricsHost?: string;
+  readonly leader?: LeaderOptions;
+  readonly resyncMs?: number;
+}
+
+export class Controller {
+  private informer: k8s.Informer<k8s.KubernetesObject> | undefined;
+  private stopLease: (() => void) | undefined;
+  private resync: NodeJS.Timeout | undefined;
+  private server: Server | undefined;
+  private stopped = false;
+  readonly metrics = new Metrics();
+  private readonly queue: WorkQueue;
+  private readonly reconciler: Reconciler;
+
+  constructor(private readonly o: ControllerOptions) {
+    this.reconciler = new Reconciler({ kube: o.kube, tls: o.tls, ticketSecret: o.ticketSecret, log: o.log, metrics: this.metrics });
+    this.queue = new WorkQueue(async (name) => {
+      this.metrics.reconciles.inc();
+      return this.reconciler.reconcile(name);
+    }, { workers: o.workers, baseDelayMs: 200, maxDelayMs: 30_000 }, (name, e) => {
+      this.metrics.reconcileErrors.inc();
+      o.log.warn({ migration: name, err: (e as Error).message }, 'reconcile failed; retrying with backoff');
+    });
+  }
+
+  get metricsPort(): number | undefined {
+    return (this.server?.address() as AddressInfo | null)?.port;
+  }
+
+  async start(): Promise<void> {
+    await this.serveMetrics();
+    if (this.o.leader) {
+      this.stopLease = await lead(this.o.kube, this.o.leader, this.o.log, () => {
+        this.o.log.error('lost the leader lease; exiting so that another replica leads');
+        process.exit(1);
+      });
+    }
+    await this.watch();
+    this.resync = setInterval(() => { void this.relist(); }, this.o.resyncMs ?? 30_000);
+    this.resync.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.resync);
+    this.stopLease?.();
+    await this.informer?.stop();
+    this.queue.stop();
+    this.reconciler.close();
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+
+  private async watch(): Promise<void> {
+    const path = `/apis/${GROUP}/${VERSION}/devicemigrations`;
+    const list = async () => (await this.o.kube.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations' })) as k8s.KubernetesListObject<k8s.KubernetesObject>;
+    const inf = k8s.makeInformer<k8s.KubernetesObject>(this.o.kube.config, path, list);
+    const enqueue = (m: k8s.KubernetesObject) => { if (m.metadata?.name) this.queue.add(m.metadata.name); };
+    inf.on('add', enqueue);
+    inf.on('update', enqueue);
+    inf.on('delete', enqueue);
+    // The informer stops on errors other than 410: start it again after a pause, and relist.
+    inf.on('error', (e: unknown) => {
+      if (this.stopped) return;
+      this.o.log.warn({ err: String(e) }, 'watch failed; restarting in 2s');
+      setTimeout(() => { if (!this.stopped) void inf.start().catch(() => undefined); }, 2000).unref();
+    });
+    this.informer = inf;
+    await inf.start();
+  }
+
+  private async relist(): Promise<void> {
+    try {
+      for (const m of await this.o.kube.listMigrations()) this.queue.add(m.metadata.name);
+    } catch (e) {
+      this.o.log.warn({ err: (e as Error).message }, 'relist failed');
+    }
+  }
+
+  private async serveMetrics(): Promise<void> {
+    if (this.o.metricsPort === undefined) return;
+    this.server = createServer((req, res) => {
+      if (req.url === '/metrics') {
+        this.metrics.registry.metrics().then((text) => {
+          res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
+          res.end(text);
+        }, (e: unknown) => { res.writeHead(500); res.end(String(e)); });
+        return;
+      }
+      res.writeHead(req.url === '/healthz' || req.url === '/readyz' ? 200 : 404);
+      res.end();
+    });
+    await new Promise<void>((r) => this.server!.listen(this.o.metricsPort, this.o.metricsHost ?? '0.0.0.0', () => r()));
+  }
+}

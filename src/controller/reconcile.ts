@@ -1,0 +1,176 @@
+/**
+ * Reconciling one DeviceMigration: read it, guard clauses, validate once, then one step of the state
+ * machine per pass: record the step (the write-ahead log), act, record the result. Status is patched
+ * only when it changed, with the field manager "devmig".
+ */
+import type { Logger } from 'pino';
+import { parseDuration } from '../api/quantity.js';
+import { deviceMigrationSpec, type ArcRecord, type Condition, type DeviceMigrationStatus } from '../api/types.js';
+import { AgentClient } from '../agent/client.js';
+import type { TlsMaterial } from '../relay/h2.js';
+import { act, ticketFor, wantsPrecopy, type Peers } from './actions.js';
+import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
+import { isTerminal, next, phaseOf, type Event, type Step, type Transition } from './machine.js';
+import type { Metrics } from './metrics.js';
+import { validate } from './validate.js';
+
+export const FINALIZER = 'devmig.io/rollback';
+const POLL_MS = 100;
+const MAX_ARCS = 200;
+
+export interface ReconcilerDeps {
+  readonly kube: Kube;
+  readonly tls: TlsMaterial;
+  readonly ticketSecret: Buffer;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly now?: () => number;
+}
+
+type Status = DeviceMigrationStatus;
+
+export class Reconciler {
+  private readonly clients = new Map<string, AgentClient>();
+  constructor(private readonly d: ReconcilerDeps) {}
+
+  private now(): number {
+    return (this.d.now ?? Date.now)();
+  }
+
+  async reconcile(name: string): Promise<{ requeueAfterMs?: number }> {
+    const m = await this.d.kube.getMigration(name);
+    if (!m) return {};
+    const status: Status = { ...(m.status ?? {}) };
+    const step = (status.step ?? 'Pending') as Step;
+    const deleting = Boolean(m.metadata.deletionTimestamp);
+    if (isTerminal(step)) return this.finish(m, deleting);
+    if (!deleting && !(m.metadata.finalizers ?? []).includes(FINALIZER)) {
+      await this.d.kube.setFinalizers(name, [...(m.metadata.finalizers ?? []), FINALIZER]);
+    }
+    const stop = this.stopEvent(m, status, step, deleting);
+    if (stop) return this.apply(m, status, step, next(step, stop), []);
+    if (step === 'Pending') return this.validateStep(m, status);
+    return this.runStep(m, status, step);
+  }
+
+  private stopEvent(m: DeviceMigration, status: Status, step: Step, deleting: boolean): Event | undefined {
+    if (step === 'RollBack') return undefined;
+    if (deleting || m.spec.cancel) return { kind: 'cancel' };
+    const timeout = m.spec.limits?.timeout;
+    if (timeout && status.startedAt && this.now() - Date.parse(status.startedAt) > parseDuration(timeout)) return { kind: 'timeout' };
+    return undefined;
+  }
+
+  private async validateStep(m: DeviceMigration, status: Status): Promise<{ requeueAfterMs?: number }> {
+    const spec = deviceMigrationSpec.safeParse(m.spec);
+    const v = spec.success ? await validate(this.d.kube, m) : { ok: false as const, reason: 'InvalidSpec', message: spec.error.message };
+    if (!v.ok) return this.apply(m, status, 'Pending', next('Pending', { kind: 'invalid', reason: v.reason, message: v.message }), []);
+    const s: Status = { ...status, targetDevice: v.targetDevice, startedAt: new Date(this.now()).toISOString() };
+    return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), []);
+  }
+
+  private async runStep(m: DeviceMigration, status: Status, step: Step): Promise<{ requeueAfterMs?: number }> {
+    const peers = await this.peers(m);
+    if (!peers) {
+      const t: Transition = { step, blocked: { reason: 'AgentUnknown', message: 'the DeviceNode of the source or target node is missing' } };
+      return this.apply(m, status, step, t, []);
+    }
+    const targetDevice = status.targetDevice ?? m.spec.target.device ?? '';
+    const precopy = status.precopy ?? wantsPrecopy(m, peers.sourceNode, peers.targetNode, m.spec.source.device, targetDevice);
+    const out = await act(step, { m, peers, ticket: ticketFor(this.d.ticketSecret, m), targetDevice, precopy, now: this.now() });
+    const s: Status = { ...status, precopy, ...(out.status ?? {}) };
+    return this.apply(m, s, step, next(step, out.event), out.arcs ?? []);
+  }
+
+  /** Records the transition, then says when to look again. */
+  private async apply(m: DeviceMigration, status: Status, from: Step, t: Transition, arcs: ArcRecord[]): Promise<{ requeueAfterMs?: number }> {
+    const s = this.statusFor(m, status, t, arcs);
+    if (JSON.stringify(s) !== JSON.stringify(m.status ?? {})) {
+      const updated = await this.d.kube.patchMigrationStatus(m.metadata.name, s);
+      m.status = updated.status;
+    }
+    await this.report(m, from, t, arcs);
+    if (t.step !== from) return isTerminal(t.step) ? {} : { requeueAfterMs: 0 };
+    return { requeueAfterMs: t.blocked ? 1000 : POLL_MS };
+  }
+
+  private statusFor(m: DeviceMigration, status: Status, t: Transition, arcs: ArcRecord[]): Status {
+    const precopy = Boolean(status.precopy) && !status.stopCopyAt;
+    const failure = t.failure ?? status.failure;
+    const phase = phaseOf(t.step, precopy, failure);
+    const s: Status = {
+      ...status,
+      observedGeneration: m.metadata.generation,
+      step: t.step,
+      phase,
+      arcs: [...(status.arcs ?? []), ...arcs].slice(-MAX_ARCS),
+      conditions: this.conditions(m, status.conditions ?? [], t, phase),
+      ...(failure ? { failure } : {}),
+    };
+    if (s.transfer?.bytes !== undefined && s.transfer.expectedBytes) {
+      s.progress = `${Math.min(100, Math.floor((s.transfer.bytes / s.transfer.expectedBytes) * 100))}%`;
+    } else if (t.step === 'Succeeded') s.progress = '100%';
+    return s;
+  }
+
+  private conditions(m: DeviceMigration, old: Condition[], t: Transition, phase: string): Condition[] {
+    const now = new Date(this.now()).toISOString();
+    const set = (list: Condition[], c: Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>): Condition[] => {
+      const prev = list.find((x) => x.type === c.type);
+      const same = prev && prev.status === c.status && prev.reason === c.reason && prev.message === c.message;
+      const entry: Condition = same ? prev : { ...c, lastTransitionTime: prev && prev.status === c.status ? prev.lastTransitionTime : now };
+      return [...list.filter((x) => x.type !== c.type), { ...entry, ...(m.metadata.generation ? { observedGeneration: m.metadata.generation } : {}) }];
+    };
+    const done = t.step === 'Succeeded';
+    const failed = isTerminal(t.step) && !done;
+    let list = set(old, {
+      type: 'Ready',
+      status: done ? 'True' : 'False',
+      reason: done ? 'Succeeded' : failed ? (t.failure?.reason ?? 'Failed') : phase,
+      message: done ? 'the target runs the migrated state' : t.failure?.message ?? `step ${t.step}`,
+    });
+    list = set(list, t.blocked
+      ? { type: 'Blocked', status: 'True', reason: t.blocked.reason, message: t.blocked.message }
+      : { type: 'Blocked', status: 'False', reason: 'Progressing', message: 'nothing is waiting on an unknown outcome' });
+    return list;
+  }
+
+  private async report(m: DeviceMigration, from: Step, t: Transition, arcs: ArcRecord[]): Promise<void> {
+    const log = this.d.log.child({ migration: m.metadata.name });
+    for (const a of arcs.filter((x) => x.result === 'Failed' || x.to === 'ERROR')) {
+      this.d.metrics.failedArcs.inc({ device: a.device });
+      await this.d.kube.event(m, 'Warning', 'ArcFailed', `${a.device} ${a.from} -> ${a.to} failed: ${a.errno ?? ''} ${a.message ?? ''}`);
+    }
+    if (t.step === from) return;
+    log.info({ from, to: t.step, failure: t.failure }, 'step');
+    const warn = t.step === 'RollBack' || t.step === 'Failed' || t.step === 'RolledBack';
+    await this.d.kube.event(m, warn ? 'Warning' : 'Normal', t.failure?.reason ?? t.step, t.failure?.message ?? `${from} -> ${t.step}`);
+    if (isTerminal(t.step)) this.d.metrics.finished(m, t.step);
+  }
+
+  private async finish(m: DeviceMigration, deleting: boolean): Promise<{ requeueAfterMs?: number }> {
+    if (deleting && (m.metadata.finalizers ?? []).includes(FINALIZER)) {
+      await this.d.kube.setFinalizers(m.metadata.name, (m.metadata.finalizers ?? []).filter((f) => f !== FINALIZER));
+    }
+    return {};
+  }
+
+  private async peers(m: DeviceMigration): Promise<Peers | undefined> {
+    const [sourceNode, targetNode] = await Promise.all([this.d.kube.getDeviceNode(m.spec.source.node), this.d.kube.getDeviceNode(m.spec.target.node)]);
+    if (!sourceNode || !targetNode) return undefined;
+    return { source: this.client(sourceNode), target: this.client(targetNode), sourceNode, targetNode };
+  }
+
+  private client(n: DeviceNode): AgentClient {
+    let c = this.clients.get(n.spec.endpoint);
+    if (!c) {
+      c = new AgentClient(n.spec.endpoint, this.d.tls, 10_000);
+      this.clients.set(n.spec.endpoint, c);
+    }
+    return c;
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+  }
+}

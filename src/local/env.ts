@@ -1,0 +1,202 @@
+/**
+ * `devmig local up|down`: a whole devmig on this machine. A real kube-apiserver (with etcd), Node
+ * objects node-1..N, one agent process per node on its own loopback address with simulated devices,
+ * and the controller, all under one directory (default .devmig/), recorded in local.json.
+ */
+import * as k8s from '@kubernetes/client-node';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
+import { crdFiles } from '../api/crd.js';
+import { Kube } from '../controller/kube.js';
+import { alive } from '../vfio/sim/lock.js';
+import { startApiserver } from './apiserver.js';
+import { issue } from './pki.js';
+
+const devmigBin = fileURLToPath(new URL('../../bin/devmig.js', import.meta.url));
+
+export interface LocalOptions {
+  readonly dir: string;
+  readonly nodes: number;
+  readonly devices: number;
+  readonly stateSize: string;
+  /** Agents listen on <prefix>.2, <prefix>.3, ... (loopback addresses). */
+  readonly loopbackPrefix?: string;
+}
+
+export interface LocalState {
+  readonly dir: string;
+  readonly kubeconfig: string;
+  readonly apiserver: { pid: number; server: string };
+  readonly agents: Array<{ node: string; pid: number; endpoint: string; simDir: string; stateDir: string }>;
+  readonly controller: { pid: number; metrics: string; config: string };
+}
+
+const statePath = (dir: string) => join(dir, 'local.json');
+
+export async function readLocal(dir: string): Promise<LocalState | undefined> {
+  try {
+    return JSON.parse(await readFile(statePath(resolve(dir)), 'utf8')) as LocalState;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
+export async function localUp(o: LocalOptions, say: (t: string) => void): Promise<LocalState> {
+  const dir = resolve(o.dir);
+  const existing = await readLocal(dir);
+  if (existing && alive(existing.apiserver.pid)) {
+    say(`already up in ${dir} (kube-apiserver pid ${existing.apiserver.pid}); run \`devmig local down\` first to start over`);
+    return existing;
+  }
+  await mkdir(join(dir, 'logs'), { recursive: true });
+  say('starting kube-apiserver with embedded etcd');
+  const api = await startApiserver({ dataDir: join(dir, 'apiserver'), detached: true, logFile: join(dir, 'logs', 'apiserver.log') }, say);
+  const kubeconfig = join(dir, 'kubeconfig');
+  await copyFile(api.kubeconfig, kubeconfig);
+  const kube = Kube.fromFile(kubeconfig);
+  await installCrds(kube);
+  say('installed CRDs devicemigrations.devmig.io, devicenodes.devmig.io');
+  const nodes = Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`);
+  for (const n of nodes) await createNode(kube, n);
+  say(`created Node objects ${nodes.join(', ')}`);
+  const pki = join(dir, 'pki');
+  const ticketSecret = join(dir, 'ticket.key');
+  await writeFile(ticketSecret, randomBytes(32), { mode: 0o600 });
+  const agents = [];
+  for (const [i, node] of nodes.entries()) agents.push(await startAgent(dir, pki, kubeconfig, node, `${o.loopbackPrefix ?? '127.0.0'}.${i + 2}`, o));
+  say(`started ${agents.length} agents with ${o.devices} simulated devices of ${o.stateSize} each`);
+  const controller = await startController(dir, pki, kubeconfig, ticketSecret);
+  say(`started the controller (metrics ${controller.metrics})`);
+  const state: LocalState = { dir, kubeconfig, apiserver: { pid: api.pid, server: api.server }, agents, controller };
+  await writeFile(statePath(dir), JSON.stringify(state, null, 2));
+  await waitAgentsReady(kube, nodes);
+  say(`ready: export KUBECONFIG=${kubeconfig}`);
+  return state;
+}
+
+export async function localDown(dir: string, say: (t: string) => void): Promise<void> {
+  const s = await readLocal(dir);
+  if (!s) {
+    say(`nothing to stop in ${resolve(dir)}`);
+    return;
+  }
+  const pids: Array<[string, number]> = [['controller', s.controller.pid], ...s.agents.map((a) => [`agent ${a.node}`, a.pid] as [string, number])];
+  for (const a of s.agents) {
+    const holder = Number((await readFile(join(a.stateDir, 'holder.pid'), 'utf8').catch(() => '')).trim());
+    if (holder > 0) pids.push([`fd holder ${a.node}`, holder]);
+  }
+  pids.push(['kube-apiserver', s.apiserver.pid]);
+  for (const [what, pid] of pids) {
+    if (await stopPid(pid)) say(`stopped ${what} (pid ${pid})`);
+  }
+  await rm(statePath(s.dir), { force: true });
+}
+
+async function stopPid(pid: number): Promise<boolean> {
+  if (!alive(pid)) return false;
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; i < 150 && alive(pid); i++) await new Promise((r) => setTimeout(r, 100));
+  if (alive(pid)) process.kill(pid, 'SIGKILL');
+  return true;
+}
+
+async function installCrds(kube: Kube): Promise<void> {
+  const api = kube.config.makeApiClient(k8s.ApiextensionsV1Api);
+  for (const text of Object.values(crdFiles())) {
+    const body = parse(text) as k8s.V1CustomResourceDefinition;
+    try {
+      await api.createCustomResourceDefinition({ body });
+    } catch (e) {
+      if ((e as { code?: number }).code !== 409) throw e;
+      const cur = await api.readCustomResourceDefinition({ name: body.metadata!.name! });
+      await api.replaceCustomResourceDefinition({ name: body.metadata!.name!, body: { ...body, metadata: { ...body.metadata, resourceVersion: cur.metadata!.resourceVersion! } } });
+    }
+  }
+  for (const text of Object.values(crdFiles())) {
+    const name = (parse(text) as k8s.V1CustomResourceDefinition).metadata!.name!;
+    for (let i = 0; i < 100; i++) {
+      const crd = await api.readCustomResourceDefinition({ name });
+      if (crd.status?.conditions?.some((c) => c.type === 'Established' && c.status === 'True')) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+async function createNode(kube: Kube, name: string): Promise<void> {
+  try {
+    await kube.core.createNode({ body: { metadata: { name, labels: { 'devmig.io/vfio': 'true', 'kubernetes.io/hostname': name } } } });
+  } catch (e) {
+    if ((e as { code?: number }).code !== 409) throw e;
+  }
+}
+
+async function logFile(dir: string, name: string): Promise<number> {
+  return openSync(join(dir, 'logs', `${name}.log`), 'a');
+}
+
+function launch(args: string[], log: number): number {
+  const child = spawn(process.execPath, [devmigBin, ...args], { detached: true, stdio: ['ignore', log, log] });
+  closeSync(log); // the child has its own copy
+  child.unref();
+  if (!child.pid) throw new Error(`could not start devmig ${args.join(' ')}`);
+  return child.pid;
+}
+
+async function startAgent(dir: string, pki: string, kubeconfig: string, node: string, host: string, o: LocalOptions) {
+  await issue(pki, `agent-${node}`, `agent:${node}`, { ips: [host] });
+  const home = join(dir, node);
+  const cfg = {
+    node, listen: { host, port: 9443 }, stateDir: join(home, 'state'),
+    tls: { ca: join(pki, 'ca.crt'), cert: join(pki, `agent-${node}.crt`), key: join(pki, `agent-${node}.key`) },
+    kube: { kubeconfig, heartbeatSeconds: 2 },
+    devices: { simulated: { dir: join(home, 'sim'), devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize })) } },
+  };
+  await mkdir(home, { recursive: true });
+  await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
+  const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`));
+  return { node, pid, endpoint: `https://${host}:9443`, simDir: join(home, 'sim'), stateDir: join(home, 'state') };
+}
+
+async function startController(dir: string, pki: string, kubeconfig: string, ticketSecretFile: string) {
+  await issue(pki, 'controller', 'controller');
+  const port = await freePort();
+  const cfg = {
+    kubeconfig, ticketSecretFile, tls: { ca: join(pki, 'ca.crt'), cert: join(pki, 'controller.crt'), key: join(pki, 'controller.key') },
+    metrics: { host: '127.0.0.1', port }, leaderElection: { enabled: true, leaseSeconds: 15 },
+  };
+  const config = join(dir, 'controller.json');
+  await writeFile(config, JSON.stringify(cfg, null, 2));
+  const pid = launch(['controller', '--config', config], await logFile(dir, 'controller'));
+  return { pid, metrics: `http://127.0.0.1:${port}/metrics`, config };
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+async function waitAgentsReady(kube: Kube, nodes: string[]): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    // A CRD just established may answer 429 while its storage initializes: ask again.
+    const dn = await kube.listDeviceNodes().catch((e: unknown) => {
+      if ((e as { code?: number }).code === 429) return [];
+      throw e;
+    });
+    if (nodes.every((n) => dn.some((d) => d.metadata.name === n && d.status?.ready))) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`agents did not publish ready DeviceNodes for ${nodes.join(', ')} in 30 s; see the logs in the local directory`);
+}
