@@ -56,7 +56,14 @@ export function libcPath(opts: KernelOptions = {}): string {
   return opts.libc ?? process.env.DEVMIG_VFIO_LIBC ?? 'libc.so.6';
 }
 
-const errnoNames = new Map<number, string>(Object.entries(constants.errno).map(([k, v]) => [v, k]));
+/**
+ * errno number -> name: Node's os.constants.errno, then koffi's platform table for the Linux-only
+ * names Node leaves out (EBADFD, EREMOTEIO, ...). Node's name wins where two names share a number.
+ */
+const errnoNames = new Map<number, string>();
+for (const table of [constants.errno, koffi.os.errno] as Record<string, number>[]) {
+  for (const [name, n] of Object.entries(table)) if (!errnoNames.has(n)) errnoNames.set(n, name);
+}
 export const errnoName = (n: number): string => errnoNames.get(n) ?? `E${n}`;
 
 const O_RDWR = 0o2;
@@ -112,6 +119,7 @@ function openCdev(libc: Libc, spec: { cdev: string; iommu?: string }, held: numb
   bind.writeUInt32LE(0, f.flags.offset);
   bind.writeInt32LE(iommufd, f.iommufd.offset);
   check(libc.ioctl(fd, Ioctl.VFIO_DEVICE_BIND_IOMMUFD, 'void *', bind), `VFIO_DEVICE_BIND_IOMMUFD ${spec.cdev} to ${iommuPath}`);
+  held.splice(held.indexOf(fd), 1); // from here the KernelDevice owns it: closed once, before `held`
   return fd;
 }
 
