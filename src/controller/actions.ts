@@ -154,21 +154,32 @@ async function release(c: StepContext): Promise<Outcome> {
   return { ...b, arcs: stop.arcs ?? [] };
 }
 
+/** A device's state, or the reason it cannot be known now (then the rollback is asked again). */
+async function peek(client: AgentClient, device: string): Promise<{ migration?: string; state: string } | Outcome> {
+  try {
+    return await client.device(device);
+  } catch (e) {
+    return { event: { kind: 'unknown', reason: 'AgentUnreachable', message: `${client.endpoint}: ${(e as Error).message}` } };
+  }
+}
+
 /** Target reset (aborting RESUMING needs it), source RUNNING again, both released. */
 async function rollBack(c: StepContext): Promise<Outcome> {
   const name = c.m.metadata.name;
   const arcs: ArcRecord[] = [];
   const t = await call('target', () => c.peers.target.cancel(name, { op: 'cancel' }));
   if (t.event.kind !== 'ok') return t;
-  const tv = await c.peers.target.device(c.targetDevice).catch(() => undefined);
-  if (tv && tv.migration === name && tv.state !== 'RUNNING') {
+  const tv = await peek(c.peers.target, c.targetDevice);
+  if ('event' in tv) return tv;
+  if (tv.migration === name && tv.state !== 'RUNNING') {
     const r = await call('target', () => c.peers.target.reset(c.targetDevice, { migration: name, op: 'rollback-reset' }));
     if (r.event.kind !== 'ok') return r;
   }
   const s = await call('source', () => c.peers.source.cancel(name, { op: 'cancel' }));
   if (s.event.kind !== 'ok') return s;
-  const sv = await c.peers.source.device(c.m.spec.source.device).catch(() => undefined);
-  if (sv && sv.migration === name && sv.state !== 'RUNNING') {
+  const sv = await peek(c.peers.source, c.m.spec.source.device);
+  if ('event' in sv) return sv;
+  if (sv.migration === name && sv.state !== 'RUNNING') {
     const r = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: name, op: 'rollback-run', state: 'RUNNING' }));
     arcs.push(...(r.arcs ?? []));
     if (r.event.kind !== 'ok') return { ...r, arcs };

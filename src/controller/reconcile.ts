@@ -64,7 +64,11 @@ export class Reconciler {
   private async validateStep(m: DeviceMigration, status: Status): Promise<{ requeueAfterMs?: number }> {
     const spec = deviceMigrationSpec.safeParse(m.spec);
     const v = spec.success ? await validate(this.d.kube, m) : { ok: false as const, reason: 'InvalidSpec', message: spec.error.message };
-    if (!v.ok) return this.apply(m, status, 'Pending', next('Pending', { kind: 'invalid', reason: v.reason, message: v.message }), []);
+    if (!v.ok) {
+      // A device still held or an agent not yet ready may change by itself: wait, with a condition.
+      const ev: Event = v.retry ? { kind: 'unknown', reason: v.reason, message: v.message } : { kind: 'invalid', reason: v.reason, message: v.message };
+      return this.apply(m, status, 'Pending', next('Pending', ev), []);
+    }
     const s: Status = { ...status, targetDevice: v.targetDevice, startedAt: new Date(this.now()).toISOString() };
     return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), []);
   }

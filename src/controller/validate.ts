@@ -5,10 +5,12 @@
  */
 import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
 
-export type Validation = { ok: true; targetDevice: string } | { ok: false; reason: string; message: string };
+/** `retry`: the answer may change by itself (an agent not ready yet, a device still held): ask again. */
+export type Validation = { ok: true; targetDevice: string } | { ok: false; reason: string; message: string; retry?: boolean };
 
 const HEARTBEAT_STALE_MS = 60_000;
-const fail = (reason: string, message: string): Validation => ({ ok: false, reason, message });
+const TRANSIENT = new Set(['AgentNotReady', 'DeviceBusy', 'NoFreeDevice']);
+const fail = (reason: string, message: string): Validation => ({ ok: false, reason, message, retry: TRANSIENT.has(reason) });
 
 export async function validate(kube: Kube, m: DeviceMigration): Promise<Validation> {
   const { source, target } = m.spec;

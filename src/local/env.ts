@@ -3,7 +3,6 @@
  * objects node-1..N, one agent process per node on its own loopback address with simulated devices,
  * and the controller, all under one directory (default .devmig/), recorded in local.json.
  */
-import * as k8s from '@kubernetes/client-node';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
@@ -107,22 +106,26 @@ async function stopPid(pid: number): Promise<boolean> {
   return true;
 }
 
+/**
+ * Installs the CRDs as plain JSON (through the custom objects client): client-node's typed CRD model
+ * would drop the schema's `default` and `x-kubernetes-validations` keys it does not spell that way.
+ */
 async function installCrds(kube: Kube): Promise<void> {
-  const api = kube.config.makeApiClient(k8s.ApiextensionsV1Api);
-  for (const text of Object.values(crdFiles())) {
-    const body = parse(text) as k8s.V1CustomResourceDefinition;
+  const at = { group: 'apiextensions.k8s.io', version: 'v1', plural: 'customresourcedefinitions' };
+  const crds = Object.values(crdFiles()).map((t) => parse(t) as { metadata: { name: string; resourceVersion?: string } });
+  for (const body of crds) {
     try {
-      await api.createCustomResourceDefinition({ body });
+      await kube.custom.createClusterCustomObject({ ...at, body });
     } catch (e) {
       if ((e as { code?: number }).code !== 409) throw e;
-      const cur = await api.readCustomResourceDefinition({ name: body.metadata!.name! });
-      await api.replaceCustomResourceDefinition({ name: body.metadata!.name!, body: { ...body, metadata: { ...body.metadata, resourceVersion: cur.metadata!.resourceVersion! } } });
+      const cur = (await kube.custom.getClusterCustomObject({ ...at, name: body.metadata.name })) as typeof body;
+      await kube.custom.replaceClusterCustomObject({ ...at, name: body.metadata.name,
+        body: { ...body, metadata: { ...body.metadata, resourceVersion: cur.metadata.resourceVersion } } });
     }
   }
-  for (const text of Object.values(crdFiles())) {
-    const name = (parse(text) as k8s.V1CustomResourceDefinition).metadata!.name!;
+  for (const { metadata } of crds) {
     for (let i = 0; i < 100; i++) {
-      const crd = await api.readCustomResourceDefinition({ name });
+      const crd = (await kube.custom.getClusterCustomObject({ ...at, name: metadata.name })) as { status?: { conditions?: Array<{ type: string; status: string }> } };
       if (crd.status?.conditions?.some((c) => c.type === 'Established' && c.status === 'True')) break;
       await new Promise((r) => setTimeout(r, 100));
     }

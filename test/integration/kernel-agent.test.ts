@@ -16,8 +16,6 @@ let dir: string;
 let sysfs: string;
 let libc: string;
 let pki: Pki;
-const cEnv = koffi.load('libc.so.6');
-const setenv = cEnv.func('int setenv(const char *name, const char *value, int overwrite)') as (k: string, v: string, o: number) => number;
 
 async function pciFunction(bdf: string, driver: string | undefined, extra: { cdev?: string; group?: string } = {}) {
   const d = join(sysfs, 'bus/pci/devices', bdf);
@@ -49,10 +47,11 @@ it('finds the functions bound to vfio drivers, with their cdev or group', async 
 
 it('migrates a kernel device between two agents, exactly', async () => {
   const kernel = { sysfs, dev: '/dev', libc };
-  setenv('VFIO_DOUBLE_SEED', '5', 1);
-  setenv('VFIO_DOUBLE_SIZE', String(3 * 2 ** 20), 1);
+  // The double's own settings (not the environment, which other tests in this worker share).
+  const configure = koffi.load(libc).func('int vfio_double_configure(const char *settings)') as (s: string) => number;
+  configure(`seed=5 size=${3 * 2 ** 20}`);
   const source: Agent = await startAgent(await agentConfig(join(dir, 'a'), pki, 'node-a', '127.0.0.2', [], { devices: { kernel } }));
-  setenv('VFIO_DOUBLE_SEED', '9', 1);
+  configure('seed=9');
   const target: Agent = await startAgent(await agentConfig(join(dir, 'b'), pki, 'node-b', '127.0.0.3', [], { devices: { kernel } }));
   const src = controllerClient(source, pki);
   const dst = controllerClient(target, pki);
@@ -76,6 +75,7 @@ it('migrates a kernel device between two agents, exactly', async () => {
     await dst.setState(dev, { migration: 'k1', op: 'run', state: 'RUNNING' });
     expect(digest(fdOf(target, dev))).toBe(before);
   } finally {
+    configure('reset');
     src.close();
     dst.close();
     await source.stop();

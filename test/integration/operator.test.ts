@@ -1,0 +1,121 @@
+/**
+ * The operator end to end on the local control plane: a real kube-apiserver (RBAC on), the CRDs,
+ * agents as processes on loopback addresses, the controller as a process.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { API_VERSION } from '../../src/api/names.js';
+import { Kube, type DeviceMigration } from '../../src/controller/kube.js';
+import { localDown, localUp, type LocalState } from '../../src/local/env.js';
+import { simDigest } from '../../src/vfio/sim/digest.js';
+import { devmigBin } from '../helpers/cli.js';
+import { until } from '../helpers/agents.js';
+
+let dir: string;
+let env: LocalState;
+let kube: Kube;
+const extraPids: number[] = [];
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'devmig-operator-'));
+  env = await localUp({ dir, nodes: 2, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.7' }, (t) => process.stderr.write(`${t}\n`));
+  kube = Kube.fromFile(env.kubeconfig);
+}, 20 * 60_000);
+
+afterAll(async () => {
+  for (const p of extraPids) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } }
+  await localDown(dir, () => undefined);
+  await rm(dir, { recursive: true, force: true });
+}, 60_000);
+
+const simDir = (node: string) => env.agents.find((a) => a.node === node)!.simDir;
+
+async function create(name: string, spec: Record<string, unknown>): Promise<void> {
+  await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', fieldValidation: 'Strict',
+    body: { apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name }, spec } });
+}
+
+async function finished(name: string, timeoutMs = 60_000): Promise<DeviceMigration> {
+  return until(`${name} final`, async () => {
+    const m = await kube.getMigration(name);
+    return m?.status?.phase && ['Succeeded', 'Failed', 'RolledBack', 'Cancelled'].includes(m.status.phase) ? m : undefined;
+  }, timeoutMs, 100);
+}
+
+describe('the API server refuses bad DeviceMigrations, naming the field', () => {
+  it.each([
+    ['same source and target', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-1', device: 'sim-0' } }, /spec.target must differ from spec.source/],
+    ['zero bandwidth', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2' }, limits: { bandwidth: '0' } }, /spec.limits.bandwidth must be positive/],
+    ['zero timeout', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2' }, limits: { timeout: '0s' } }, /spec.limits.timeout must be positive/],
+    ['a bad quantity', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2' }, limits: { bandwidth: 'fast' } }, /spec.limits.bandwidth/],
+    ['an unknown strategy', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2' }, strategy: 'Live' }, /spec.strategy/],
+    ['an unknown field', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2' }, extra: true }, /unknown field .*spec\.extra/],
+    ['a missing device', { source: { node: 'node-1' }, target: { node: 'node-2' } }, /spec.source.device/],
+  ])('%s', async (_what, spec, why) => {
+    await expect(create(`bad-${Math.random().toString(36).slice(2, 8)}`, spec)).rejects.toMatchObject({ body: expect.stringMatching(why) as unknown });
+  });
+
+  it('spec is immutable except cancel', async () => {
+    await create('immutable', { source: { node: 'node-1', device: 'nope' }, target: { node: 'node-2' } });
+    await expect(kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', name: 'immutable',
+      body: { spec: { target: { node: 'node-1' } } } }, (await import('@kubernetes/client-node')).setHeaderOptions('Content-Type', 'application/merge-patch+json')))
+      .rejects.toMatchObject({ body: expect.stringMatching(/immutable once created, except spec.cancel/) as unknown });
+    const m = await finished('immutable');
+    expect(m.status).toMatchObject({ phase: 'Failed', failure: { reason: 'DeviceNotFound', message: expect.stringMatching(/no device nope.*sim-0, sim-1, sim-2.*fix spec.source.device/) as unknown } });
+  });
+});
+
+describe('migrations', () => {
+  it('StopCopy moves the state exactly and records every arc, the downtime and Ready', async () => {
+    const before = await simDigest(simDir('node-1'), 'sim-0');
+    await create('move', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2', device: 'sim-0' }, strategy: 'StopCopy' });
+    const m = await finished('move');
+    expect(m.status?.phase).toBe('Succeeded');
+    expect((await simDigest(simDir('node-2'), 'sim-0')).sha256).toBe(before.sha256);
+    const arcs = m.status!.arcs!.map((a) => `${a.device}:${a.from}>${a.to}:${a.result}`);
+    expect(arcs).toEqual(expect.arrayContaining(['target:STOP>RESUMING:Succeeded', 'source:STOP>STOP_COPY:Succeeded', 'target:RESUMING>STOP:Succeeded', 'target:RUNNING_P2P>RUNNING:Succeeded']));
+    expect(m.status?.downtimeMs).toBeGreaterThan(0);
+    expect(m.status?.transfer?.bytes).toBeGreaterThan(4 * 2 ** 20);
+    expect(m.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Succeeded', observedGeneration: 1 });
+    expect(m.metadata.finalizers ?? []).toContain('devmig.io/rollback');
+  });
+
+  it('a target that fails RESUMING -> STOP rolls back: the source runs with its state unchanged', async () => {
+    const before = await simDigest(simDir('node-1'), 'sim-1');
+    await writeFile(join(simDir('node-2'), 'sim-1', 'faults.json'), JSON.stringify([{ arc: 'RESUMING>STOP', errno: 'EIO', then: 'ERROR', times: 1 }]));
+    await create('refused', { source: { node: 'node-1', device: 'sim-1' }, target: { node: 'node-2', device: 'sim-1' }, strategy: 'StopCopy' });
+    const m = await finished('refused');
+    expect(m.status).toMatchObject({ phase: 'RolledBack', failure: { reason: 'ArcFailed' } });
+    expect(m.status!.arcs).toEqual(expect.arrayContaining([expect.objectContaining({ device: 'target', from: 'RESUMING', to: 'STOP', result: 'Failed', errno: 'EIO' })]));
+    const after = await simDigest(simDir('node-1'), 'sim-1');
+    expect(after).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
+    const events = await kube.core.listNamespacedEvent({ namespace: 'default', fieldSelector: 'involvedObject.name=refused' });
+    expect(events.items.some((e) => e.type === 'Warning' && e.reason === 'ArcFailed')).toBe(true);
+  });
+
+  it('cancel mid-stream rolls back', async () => {
+    const before = await simDigest(simDir('node-1'), 'sim-2');
+    await create('cancel-me', { source: { node: 'node-1', device: 'sim-2' }, target: { node: 'node-2', device: 'sim-2' }, strategy: 'StopCopy', limits: { bandwidth: '1Mi' } });
+    await until('streaming', async () => (await kube.getMigration('cancel-me'))?.status?.phase === 'StopCopy', 30_000, 50);
+    const { setHeaderOptions } = await import('@kubernetes/client-node');
+    await kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', name: 'cancel-me',
+      body: { spec: { cancel: true } } }, setHeaderOptions('Content-Type', 'application/merge-patch+json'));
+    const m = await finished('cancel-me');
+    expect(m.status).toMatchObject({ phase: 'Cancelled', failure: { reason: 'Cancelled' } });
+    expect(await simDigest(simDir('node-1'), 'sim-2')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
+  });
+
+  it('the controller killed mid-migration: a new one continues from status and finishes', async () => {
+    const before = await simDigest(simDir('node-2'), 'sim-0');
+    await create('survive', { source: { node: 'node-2', device: 'sim-0' }, target: { node: 'node-1' }, strategy: 'StopCopy', limits: { bandwidth: '2Mi' } });
+    await until('streaming', async () => (await kube.getMigration('survive'))?.status?.phase === 'StopCopy', 30_000, 50);
+    process.kill(env.controller.pid, 'SIGKILL');
+    const child = spawn(process.execPath, [devmigBin, 'controller', '--config', env.controller.config], { stdio: 'ignore', detached: true });
+    extraPids.push(child.pid!);
+    const m = await finished('survive', 120_000);
+    expect(m.status?.phase).toBe('Succeeded');
+    expect((await simDigest(simDir('node-1'), m.status!.targetDevice!)).sha256).toBe(before.sha256);
+  });
+});
