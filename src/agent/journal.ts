@@ -32,6 +32,8 @@ export function requestHash(body: unknown): string {
 
 export class Journal {
   private readonly entries = new Map<string, JournalEntry>();
+  /** Writes of one device's entry, in order: a send session's background steps and ops interleave. */
+  private readonly writes = new Map<string, Promise<void>>();
 
   private constructor(private readonly dir: string) {}
 
@@ -61,20 +63,26 @@ export class Journal {
 
   /** Records a step; durable (fsync) before it returns, because callers act on it next. */
   async step(device: string, change: Partial<Pick<JournalEntry, 'migration' | 'role' | 'step'>>): Promise<void> {
-    const e = { ...this.get(device), ...change, updatedAt: new Date().toISOString() };
-    await this.write(e);
+    await this.update(device, (e) => ({ ...e, ...change }));
   }
 
   async recordOp(device: string, migration: string, rec: OpRecord): Promise<void> {
-    const e = this.get(device);
-    await this.write({ ...e, ops: { ...e.ops, [`${migration}/${rec.op}`]: rec }, updatedAt: new Date().toISOString() });
+    await this.update(device, (e) => ({ ...e, ops: { ...e.ops, [`${migration}/${rec.op}`]: rec } }));
   }
 
   /** The migration let go of the device: ops of other migrations are dropped, this one's kept for replays. */
   async release(device: string, migration: string): Promise<void> {
-    const e = this.get(device);
-    const ops = Object.fromEntries(Object.entries(e.ops).filter(([k]) => k.startsWith(`${migration}/`)));
-    await this.write({ device, ops, step: `released:${migration}`, updatedAt: new Date().toISOString() });
+    await this.update(device, (e) => ({
+      device, ops: Object.fromEntries(Object.entries(e.ops).filter(([k]) => k.startsWith(`${migration}/`))), step: `released:${migration}`,
+    }));
+  }
+
+  /** Applies `change` to the entry as it is when the previous write of this device has finished. */
+  private update(device: string, change: (e: JournalEntry) => Omit<JournalEntry, 'updatedAt'>): Promise<void> {
+    const run = (this.writes.get(device) ?? Promise.resolve()).then(() =>
+      this.write({ ...change(this.get(device)), updatedAt: new Date().toISOString() }));
+    this.writes.set(device, run.catch(() => undefined));
+    return run;
   }
 
   private async write(e: JournalEntry): Promise<void> {

@@ -77,24 +77,25 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
         migration: name, op: 'send', ticket, precopy: c.precopy, ...(bandwidth ? { bandwidth } : {}),
         target: { node: m.spec.target.node, device: targetDevice, endpoint: peers.targetNode.spec.endpoint },
       }));
-      // With STOP_COPY the source stops here: downtime starts now.
-      return c.precopy ? o : { ...o, status: { stopCopyAt: new Date(c.now).toISOString() } };
+      // With STOP_COPY the source stops here: downtime starts when its arc to STOP began.
+      return c.precopy ? o : { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP') ?? new Date(c.now).toISOString() } };
     }
     case 'Streaming':
       return observe(c);
     case 'StopCopy': {
       const o = await call('source', () => peers.source.setState(src, { migration: name, op: 'stop-copy', state: 'STOP_COPY' }));
-      return { ...o, status: { stopCopyAt: new Date(c.now).toISOString() } };
+      return { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP_COPY') ?? new Date(c.now).toISOString() } };
     }
     case 'Commit': {
+      // The commit gate, then at once RUNNING: every moment between is downtime. A crash between the
+      // two replays both ops (recorded by the agent), so ResumeTarget only confirms.
       const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit' }));
-      return o.event.kind === 'ok' ? { ...o, status: { committedAt: new Date(c.now).toISOString() } } : o;
+      if (o.event.kind !== 'ok') return o;
+      const run = await resume(c);
+      return { ...run, arcs: [...(o.arcs ?? []), ...(run.arcs ?? [])], status: { committedAt: new Date(c.now).toISOString(), ...(run.status ?? {}) } };
     }
-    case 'ResumeTarget': {
-      const o = await call('target', () => peers.target.setState(targetDevice, { migration: name, op: 'run', state: 'RUNNING' }));
-      const stopped = (m.status)?.stopCopyAt;
-      return o.event.kind === 'ok' && stopped ? { ...o, status: { downtimeMs: c.now - Date.parse(stopped) } } : o;
-    }
+    case 'ResumeTarget':
+      return resume(c);
     case 'ReleaseSource':
       return release(c);
     case 'RollBack':
@@ -102,6 +103,20 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
     default:
       return { event: { kind: 'ok' } };
   }
+}
+
+/** Target RUNNING; the downtime runs from the source's stopping arc to the end of this one. */
+async function resume(c: StepContext): Promise<Outcome> {
+  const o = await call('target', () => c.peers.target.setState(c.targetDevice, { migration: c.m.metadata.name, op: 'run', state: 'RUNNING' }));
+  const stopped = c.m.status?.stopCopyAt;
+  const running = o.arcs?.find((a) => a.to === 'RUNNING');
+  if (o.event.kind !== 'ok' || !stopped || !running) return o;
+  return { ...o, status: { downtimeMs: Date.parse(running.startedAt) + running.durationMs - Date.parse(stopped) } };
+}
+
+/** When the source's arc into `state` began: where the device stopped running. */
+function stoppedAt(arcs: ArcRecord[] | undefined, state: 'STOP' | 'STOP_COPY'): string | undefined {
+  return arcs?.find((a) => a.to === state && a.result === 'Succeeded')?.startedAt;
 }
 
 /** Streaming: read progress from the source; decide PRE_COPY convergence; see the end. */

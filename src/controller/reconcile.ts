@@ -15,7 +15,8 @@ import type { Metrics } from './metrics.js';
 import { validate } from './validate.js';
 
 export const FINALIZER = 'devmig.io/rollback';
-const POLL_MS = 100;
+const POLL_MS = 20;
+const NODE_CACHE_MS = 5000;
 const MAX_ARCS = 200;
 
 export interface ReconcilerDeps {
@@ -28,6 +29,10 @@ export interface ReconcilerDeps {
 }
 
 type Status = DeviceMigrationStatus;
+interface Pass { peers: Peers | undefined }
+interface Applied { moved: boolean; requeueAfterMs?: number }
+/** A pass stops after this many steps and queues the key again, so one object cannot hog a worker. */
+const MAX_STEPS_PER_PASS = 12;
 
 export class Reconciler {
   private readonly clients = new Map<string, AgentClient>();
@@ -40,17 +45,29 @@ export class Reconciler {
   async reconcile(name: string): Promise<{ requeueAfterMs?: number }> {
     const m = await this.d.kube.getMigration(name);
     if (!m) return {};
-    const status: Status = { ...(m.status ?? {}) };
-    const step = (status.step ?? 'Pending') as Step;
     const deleting = Boolean(m.metadata.deletionTimestamp);
-    if (isTerminal(step)) return this.finish(m, deleting);
+    if (isTerminal((m.status?.step ?? 'Pending') as Step)) return this.finish(m, deleting);
     if (!deleting && !(m.metadata.finalizers ?? []).includes(FINALIZER)) {
       await this.d.kube.setFinalizers(name, [...(m.metadata.finalizers ?? []), FINALIZER]);
     }
+    // Steps follow one another in one pass while they move forward: the object each status patch
+    // returns is as fresh as a new read, and the DeviceNodes are read once.
+    const pass: Pass = { peers: undefined };
+    for (let i = 0; i < MAX_STEPS_PER_PASS; i++) {
+      const status: Status = { ...(m.status ?? {}) };
+      const step = (status.step ?? 'Pending') as Step;
+      if (isTerminal(step)) return {};
+      const r = await this.one(m, status, step, deleting, pass);
+      if (!r.moved) return { requeueAfterMs: r.requeueAfterMs };
+    }
+    return { requeueAfterMs: 0 };
+  }
+
+  private async one(m: DeviceMigration, status: Status, step: Step, deleting: boolean, pass: Pass): Promise<Applied> {
     const stop = this.stopEvent(m, status, step, deleting);
     if (stop) return this.apply(m, status, step, next(step, stop), []);
     if (step === 'Pending') return this.validateStep(m, status);
-    return this.runStep(m, status, step);
+    return this.runStep(m, status, step, pass);
   }
 
   private stopEvent(m: DeviceMigration, status: Status, step: Step, deleting: boolean): Event | undefined {
@@ -61,7 +78,7 @@ export class Reconciler {
     return undefined;
   }
 
-  private async validateStep(m: DeviceMigration, status: Status): Promise<{ requeueAfterMs?: number }> {
+  private async validateStep(m: DeviceMigration, status: Status): Promise<Applied> {
     const spec = deviceMigrationSpec.safeParse(m.spec);
     const v = spec.success ? await validate(this.d.kube, m) : { ok: false as const, reason: 'InvalidSpec', message: spec.error.message };
     if (!v.ok) {
@@ -73,8 +90,9 @@ export class Reconciler {
     return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), []);
   }
 
-  private async runStep(m: DeviceMigration, status: Status, step: Step): Promise<{ requeueAfterMs?: number }> {
-    const peers = await this.peers(m);
+  private async runStep(m: DeviceMigration, status: Status, step: Step, pass: Pass): Promise<Applied> {
+    pass.peers ??= await this.peers(m);
+    const peers = pass.peers;
     if (!peers) {
       const t: Transition = { step, blocked: { reason: 'AgentUnknown', message: 'the DeviceNode of the source or target node is missing' } };
       return this.apply(m, status, step, t, []);
@@ -87,15 +105,15 @@ export class Reconciler {
   }
 
   /** Records the transition, then says when to look again. */
-  private async apply(m: DeviceMigration, status: Status, from: Step, t: Transition, arcs: ArcRecord[]): Promise<{ requeueAfterMs?: number }> {
+  private async apply(m: DeviceMigration, status: Status, from: Step, t: Transition, arcs: ArcRecord[]): Promise<Applied> {
     const s = this.statusFor(m, status, t, arcs);
     if (JSON.stringify(s) !== JSON.stringify(m.status ?? {})) {
       const updated = await this.d.kube.patchMigrationStatus(m.metadata.name, s);
       m.status = updated.status;
     }
     await this.report(m, from, t, arcs);
-    if (t.step !== from) return isTerminal(t.step) ? {} : { requeueAfterMs: 0 };
-    return { requeueAfterMs: t.blocked ? 1000 : POLL_MS };
+    if (t.step !== from) return { moved: true };
+    return { moved: false, requeueAfterMs: t.blocked ? 1000 : POLL_MS };
   }
 
   private statusFor(m: DeviceMigration, status: Status, t: Transition, arcs: ArcRecord[]): Status {
@@ -141,14 +159,19 @@ export class Reconciler {
 
   private async report(m: DeviceMigration, from: Step, t: Transition, arcs: ArcRecord[]): Promise<void> {
     const log = this.d.log.child({ migration: m.metadata.name });
+    // Events are told, not waited for: the status (written above) is the record; an Event that could
+    // not be created is logged.
+    const event = (type: 'Normal' | 'Warning', reason: string, message: string) => {
+      this.d.kube.event(m, type, reason, message).catch((e: unknown) => log.warn({ err: (e as Error).message, reason }, 'could not create an Event'));
+    };
     for (const a of arcs.filter((x) => x.result === 'Failed' || x.to === 'ERROR')) {
       this.d.metrics.failedArcs.inc({ device: a.device });
-      await this.d.kube.event(m, 'Warning', 'ArcFailed', `${a.device} ${a.from} -> ${a.to} failed: ${a.errno ?? ''} ${a.message ?? ''}`);
+      event('Warning', 'ArcFailed', `${a.device} ${a.from} -> ${a.to} failed: ${a.errno ?? ''} ${a.message ?? ''}`);
     }
     if (t.step === from) return;
     log.info({ from, to: t.step, failure: t.failure }, 'step');
     const warn = t.step === 'RollBack' || t.step === 'Failed' || t.step === 'RolledBack';
-    await this.d.kube.event(m, warn ? 'Warning' : 'Normal', t.failure?.reason ?? t.step, t.failure?.message ?? `${from} -> ${t.step}`);
+    event(warn ? 'Warning' : 'Normal', t.failure?.reason ?? t.step, t.failure?.message ?? `${from} -> ${t.step}`);
     if (isTerminal(t.step)) this.d.metrics.finished(m, t.step);
   }
 
@@ -159,8 +182,19 @@ export class Reconciler {
     return {};
   }
 
+  /** DeviceNodes change rarely (endpoint) and are read often: kept for a few seconds. */
+  private readonly nodes = new Map<string, { node: DeviceNode | undefined; at: number }>();
+
+  private async deviceNode(name: string): Promise<DeviceNode | undefined> {
+    const hit = this.nodes.get(name);
+    if (hit?.node && this.now() - hit.at < NODE_CACHE_MS) return hit.node;
+    const node = await this.d.kube.getDeviceNode(name);
+    this.nodes.set(name, { node, at: this.now() });
+    return node;
+  }
+
   private async peers(m: DeviceMigration): Promise<Peers | undefined> {
-    const [sourceNode, targetNode] = await Promise.all([this.d.kube.getDeviceNode(m.spec.source.node), this.d.kube.getDeviceNode(m.spec.target.node)]);
+    const [sourceNode, targetNode] = await Promise.all([this.deviceNode(m.spec.source.node), this.deviceNode(m.spec.target.node)]);
     if (!sourceNode || !targetNode) return undefined;
     return { source: this.client(sourceNode), target: this.client(targetNode), sourceNode, targetNode };
   }

@@ -1,0 +1,61 @@
+/**
+ * `npm run bench:control -- -o json`: the control plane's own overhead. On the local environment,
+ * 20 DeviceMigrations of 0-byte simulated devices, one after another, each timed from create to a
+ * final phase; the downtime is the one status recorded.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { API_VERSION } from '../api/names.js';
+import { Kube } from '../controller/kube.js';
+import { localDown, localUp } from '../local/env.js';
+
+const RUNS = 20;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { output: { type: 'string', short: 'o' }, runs: { type: 'string', default: String(RUNS) } } });
+  const runs = Number(values.runs);
+  const json = values.output === 'json';
+  const say = (t: string) => { if (!json) process.stderr.write(`${t}\n`); };
+  const dir = await mkdtemp(join(tmpdir(), 'devmig-bench-control-'));
+  try {
+    const env = await localUp({ dir, nodes: 2, devices: runs, stateSize: '0', loopbackPrefix: '127.0.6' }, say);
+    const kube = Kube.fromFile(env.kubeconfig);
+    const times: number[] = [];
+    const downtimes: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const name = `bench-${i}`;
+      const started = performance.now();
+      await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
+        apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name },
+        spec: { source: { node: 'node-1', device: `sim-${i}` }, target: { node: 'node-2', device: `sim-${i}` }, strategy: 'StopCopy' },
+      } });
+      for (;;) {
+        const m = await kube.getMigration(name);
+        const phase = m?.status?.phase;
+        if (phase === 'Succeeded') {
+          times.push(performance.now() - started);
+          downtimes.push(m!.status!.downtimeMs ?? NaN);
+          break;
+        }
+        if (phase === 'Failed' || phase === 'RolledBack') throw new Error(`${name} ended ${phase}: ${m?.status?.failure?.message}`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      say(`${name}: ${times.at(-1)!.toFixed(0)} ms, downtime ${downtimes.at(-1)} ms`);
+    }
+    const out = { runs, median_ms: round(pct(times, 50)), p90_ms: round(pct(times, 90)), downtime_median_ms: round(pct(downtimes, 50)) };
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+  } finally {
+    await localDown(dir, () => undefined);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
+}
+const round = (x: number) => Math.round(x * 10) / 10;
+
+await main();
