@@ -104,7 +104,8 @@ export function phaseOf(step: Step, precopy: boolean, failure?: { reason: string
     case 'Streaming': return precopy ? 'PreCopy' : 'StopCopy';
     case 'StopCopy': return 'StopCopy';
     case 'Commit': case 'ResumeTarget': case 'ReleaseSource': return 'Resuming';
-    case 'RollBack': return failure?.reason === 'Cancelled' ? 'Cancelled' : 'RolledBack';
+    // The reconciler shows RollBack under the phase it was in (it is not rolled back yet).
+    case 'RollBack':
     case 'RolledBack': return failure?.reason === 'Cancelled' ? 'Cancelled' : 'RolledBack';
     default: return step;
   }

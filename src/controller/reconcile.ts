@@ -34,6 +34,24 @@ interface Applied { moved: boolean; requeueAfterMs?: number }
 /** A pass stops after this many steps and queues the key again, so one object cannot hog a worker. */
 const MAX_STEPS_PER_PASS = 12;
 
+/** The stages a person follows; each becomes a condition once passed. */
+const STAGES: Array<{ type: string; after: Step; message: string }> = [
+  { type: 'Validated', after: 'Pending', message: 'nodes, agents and devices checked; the target device is chosen' },
+  { type: 'TargetPrepared', after: 'PrepareTarget', message: 'the target device is RESUMING and waits for the stream' },
+  { type: 'StreamVerified', after: 'Streaming', message: 'every byte arrived; count and digest matched' },
+  { type: 'Committed', after: 'Commit', message: 'the target accepted the state (RESUMING -> STOP) and runs it' },
+  { type: 'SourceReleased', after: 'ReleaseSource', message: 'the source device is stopped and released' },
+];
+const ORDER: Step[] = ['Pending', 'PrepareTarget', 'StartSend', 'Streaming', 'StopCopy', 'Commit', 'ResumeTarget', 'ReleaseSource', 'Succeeded'];
+const stepOrder = (s: Step): number => ORDER.indexOf(s);
+
+/** A replayed op answers with arcs already recorded (or lost with a crashed pass): each is kept once. */
+function appendArcs(have: ArcRecord[], more: ArcRecord[]): ArcRecord[] {
+  const key = (a: ArcRecord) => `${a.device}/${a.from}/${a.to}/${a.startedAt}`;
+  const seen = new Set(have.map(key));
+  return [...have, ...more.filter((a) => !seen.has(key(a)))].slice(-MAX_ARCS);
+}
+
 export class Reconciler {
   private readonly clients = new Map<string, AgentClient>();
   constructor(private readonly d: ReconcilerDeps) {}
@@ -119,13 +137,15 @@ export class Reconciler {
   private statusFor(m: DeviceMigration, status: Status, t: Transition, arcs: ArcRecord[]): Status {
     const precopy = Boolean(status.precopy) && !status.stopCopyAt;
     const failure = t.failure ?? status.failure;
-    const phase = phaseOf(t.step, precopy, failure);
+    // While rolling back, the phase stays where it was: RolledBack (or Cancelled) is said only once the
+    // source runs again; the Ready condition tells that a rollback is under way.
+    const phase = t.step === 'RollBack' ? (status.phase ?? 'Pending') : phaseOf(t.step, precopy, failure);
     const s: Status = {
       ...status,
       observedGeneration: m.metadata.generation,
       step: t.step,
       phase,
-      arcs: [...(status.arcs ?? []), ...arcs].slice(-MAX_ARCS),
+      arcs: appendArcs(status.arcs ?? [], arcs),
       conditions: this.conditions(m, status.conditions ?? [], t, phase),
       ...(failure ? { failure } : {}),
     };
@@ -148,12 +168,21 @@ export class Reconciler {
     let list = set(old, {
       type: 'Ready',
       status: done ? 'True' : 'False',
-      reason: done ? 'Succeeded' : failed ? (t.failure?.reason ?? 'Failed') : phase,
+      reason: done ? 'Succeeded' : failed ? (t.failure?.reason ?? 'Failed') : t.step === 'RollBack' ? 'RollingBack' : phase,
       message: done ? 'the target runs the migrated state' : t.failure?.message ?? `step ${t.step}`,
     });
     list = set(list, t.blocked
       ? { type: 'Blocked', status: 'True', reason: t.blocked.reason, message: t.blocked.message }
       : { type: 'Blocked', status: 'False', reason: 'Progressing', message: 'nothing is waiting on an unknown outcome' });
+    // One condition per stage, True once the migration is past it.
+    for (const stage of STAGES) {
+      const reached = stepOrder(t.step) > stepOrder(stage.after) && t.step !== 'RollBack' && !failed;
+      const prev = list.find((c) => c.type === stage.type);
+      if (!reached && !prev) continue;
+      list = set(list, reached
+        ? { type: stage.type, status: 'True', reason: stage.type, message: stage.message }
+        : { type: stage.type, status: prev?.status ?? 'False', reason: prev?.reason ?? stage.type, message: prev?.message ?? stage.message });
+    }
     return list;
   }
 

@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
 import { access, mkdir, readdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -69,30 +70,51 @@ export interface StartOptions {
 export async function startApiserver(opts: StartOptions, log?: (line: string) => void): Promise<RunningApiserver> {
   const bin = await ensureApiserverBinary(log);
   await mkdir(opts.dataDir, { recursive: true });
-  const stderr = opts.logFile ? (await import('node:fs')).openSync(opts.logFile, 'a') : 'pipe';
-  const child = spawn(bin, ['--data-dir', opts.dataDir, '--port', String(opts.port ?? 0)], {
-    stdio: ['ignore', 'pipe', stderr], detached: opts.detached ?? false,
-  });
-  let tail = '';
-  child.stderr?.on('data', (d: Buffer) => { tail = (tail + d.toString()).slice(-4000); });
-  const ready = await new Promise<{ kubeconfig: string; server: string }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`kube-apiserver not ready after 180 s:\n${tail}`)), 180_000);
-    const lines = createInterface({ input: child.stdout! });
-    lines.on('line', (line) => {
-      try {
-        const msg = JSON.parse(line) as { ready?: boolean; kubeconfig: string; server: string };
-        if (msg.ready) { clearTimeout(timer); resolve(msg); }
-      } catch { /* klog lines on stdout are not ours */ }
-    });
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`kube-apiserver exited (${code}) before ready:\n${tail}`)); });
-  });
+  const args = ['--data-dir', opts.dataDir, '--port', String(opts.port ?? 0)];
+  // With a log file everything goes there, and readiness is read back from it: no pipe stays open
+  // between us and a detached server, so this process can exit while it runs on.
+  const logFd = opts.logFile ? openSync(opts.logFile, 'w') : undefined;
+  const child = spawn(bin, args, { stdio: logFd === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', logFd, logFd], detached: opts.detached ?? false });
+  if (logFd !== undefined) closeSync(logFd);
+  const ready = await waitReady(child, opts.logFile);
   if (opts.detached) child.unref();
-  return {
-    ...ready,
-    pid: child.pid!,
-    process: child,
-    stop: () => stopProcess(child),
-  };
+  return { ...ready, pid: child.pid!, process: child, stop: () => stopProcess(child) };
+}
+
+type Ready = { kubeconfig: string; server: string };
+
+function parseReady(line: string): Ready | undefined {
+  if (!line.startsWith('{')) return undefined;
+  try {
+    const msg = JSON.parse(line) as Partial<Ready> & { ready?: boolean };
+    return msg.ready && msg.kubeconfig && msg.server ? { kubeconfig: msg.kubeconfig, server: msg.server } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function waitReady(child: ChildProcess, logFile: string | undefined): Promise<Ready> {
+  let tail = '';
+  let exited: number | null | undefined;
+  child.once('exit', (code) => { exited = code; });
+  let found: Ready | undefined;
+  if (!logFile) {
+    child.stderr?.on('data', (d: Buffer) => { tail = (tail + d.toString()).slice(-4000); });
+    createInterface({ input: child.stdout! }).on('line', (l) => { found ??= parseReady(l); });
+  }
+  const deadline = Date.now() + 180_000;
+  while (!found) {
+    if (logFile) {
+      const text = await readFile(logFile, 'utf8').catch(() => '');
+      tail = text.slice(-4000);
+      found = text.split('\n').map(parseReady).find((r) => r !== undefined);
+      if (found) break;
+    }
+    if (exited !== undefined) throw new Error(`kube-apiserver exited (${exited}) before it was ready:\n${tail}`);
+    if (Date.now() > deadline) throw new Error(`kube-apiserver not ready after 180 s:\n${tail}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return found;
 }
 
 export async function stopProcess(child: ChildProcess, graceMs = 15_000): Promise<void> {

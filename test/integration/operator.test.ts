@@ -27,7 +27,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const p of extraPids) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } }
   await localDown(dir, () => undefined);
-  await rm(dir, { recursive: true, force: true });
+  if (!process.env.DEVMIG_KEEP) await rm(dir, { recursive: true, force: true });
 }, 60_000);
 
 const simDir = (node: string) => env.agents.find((a) => a.node === node)!.simDir;
@@ -79,6 +79,9 @@ describe('migrations', () => {
     expect(m.status?.downtimeMs).toBeGreaterThan(0);
     expect(m.status?.transfer?.bytes).toBeGreaterThan(4 * 2 ** 20);
     expect(m.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Succeeded', observedGeneration: 1 });
+    for (const stage of ['Validated', 'TargetPrepared', 'StreamVerified', 'Committed', 'SourceReleased']) {
+      expect(m.status?.conditions?.find((c) => c.type === stage)).toMatchObject({ status: 'True', observedGeneration: 1 });
+    }
     expect(m.metadata.finalizers ?? []).toContain('devmig.io/rollback');
   });
 
@@ -88,6 +91,8 @@ describe('migrations', () => {
     await create('refused', { source: { node: 'node-1', device: 'sim-1' }, target: { node: 'node-2', device: 'sim-1' }, strategy: 'StopCopy' });
     const m = await finished('refused');
     expect(m.status).toMatchObject({ phase: 'RolledBack', failure: { reason: 'ArcFailed' } });
+    expect(m.status?.conditions?.find((c) => c.type === 'Committed')).toBeUndefined();
+    expect(m.status?.conditions?.find((c) => c.type === 'StreamVerified')).toMatchObject({ status: 'True' });
     expect(m.status!.arcs).toEqual(expect.arrayContaining([expect.objectContaining({ device: 'target', from: 'RESUMING', to: 'STOP', result: 'Failed', errno: 'EIO' })]));
     const after = await simDigest(simDir('node-1'), 'sim-1');
     expect(after).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
