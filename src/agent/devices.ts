@@ -5,8 +5,10 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { DeviceError, type MigrationDevice } from '../vfio/device.js';
-import { openKernelDevice } from '../vfio/kernel.js';
-import { discoverVfioDevices } from './discover.js';
+import { adoptKernelDevice, openKernelDevice, type KernelDevice } from '../vfio/kernel.js';
+import { discoverVfioDevices, type FoundDevice } from './discover.js';
+import { takeFds } from './fdpass.js';
+import { handOver, readHeld } from './holder.js';
 import { SimDevice } from '../vfio/sim/device.js';
 import { flagNames } from '../vfio/uapi.js';
 import type { AgentConfig } from './config.js';
@@ -55,7 +57,7 @@ export class DeviceRegistry {
 
 export async function openDevices(config: AgentConfig, holder: number | undefined, log: Logger): Promise<DeviceRegistry> {
   const reg = new DeviceRegistry();
-  if (config.devices.kernel) await openKernelDevices(reg, config.devices.kernel, log);
+  if (config.devices.kernel) await openKernelDevices(reg, config.devices.kernel, log, holder, config.stateDir);
   const sim = config.devices.simulated;
   for (const d of sim?.devices ?? []) {
     const dev = await SimDevice.open({
@@ -76,20 +78,20 @@ export function describeFlags(flags: number): string[] {
  * no flags (the controller refuses it by name); one that cannot be opened (a VM holds it) is skipped
  * with a warning, since its fd belongs to someone else.
  */
-async function openKernelDevices(reg: DeviceRegistry, cfg: NonNullable<AgentConfig['devices']['kernel']>, log: Logger): Promise<void> {
+async function openKernelDevices(reg: DeviceRegistry, cfg: NonNullable<AgentConfig['devices']['kernel']>, log: Logger,
+  holder: number | undefined, stateDir: string): Promise<void> {
   const opts = cfg.libc ? { libc: cfg.libc } : {};
+  const held = holder ? await readHeld(stateDir, holder) : {};
   for (const found of await discoverVfioDevices(cfg.sysfs, cfg.dev)) {
-    const spec = found.cdev ? { cdev: found.cdev, iommu: join(cfg.dev, 'iommu') }
-      : found.group ? { group: found.group, bdf: found.bdf, container: join(cfg.dev, 'vfio/vfio') } : undefined;
-    if (!spec) {
-      log.warn({ device: found.name, bdf: found.bdf }, 'vfio device has neither a cdev nor an IOMMU group; skipped');
-      continue;
-    }
-    let dev;
+    let dev: KernelDevice | undefined;
     try {
-      dev = await openKernelDevice(spec, opts);
+      dev = await openOrAdopt(found, cfg, opts, { holder, held, stateDir });
     } catch (e) {
       log.warn({ device: found.name, bdf: found.bdf, err: (e as Error).message }, 'cannot open vfio device; skipped');
+      continue;
+    }
+    if (!dev) {
+      log.warn({ device: found.name, bdf: found.bdf }, 'vfio device has neither a cdev nor an IOMMU group; skipped');
       continue;
     }
     const flags = await dev.probe().catch((e: unknown) => {
@@ -97,8 +99,25 @@ async function openKernelDevices(reg: DeviceRegistry, cfg: NonNullable<AgentConf
       throw e;
     });
     reg.add('kernel', new NamedDevice(found.name, dev), flags);
-    log.info({ device: found.name, bdf: found.bdf, driver: found.driver, flags: flagNames(flags) }, 'kernel vfio device');
+    log.info({ device: found.name, bdf: found.bdf, driver: found.driver, flags: flagNames(flags), adopted: Boolean(held[found.name]) }, 'kernel vfio device');
   }
+}
+
+/**
+ * A device the holder keeps open is adopted (copies of its fds, the device never closed); any other
+ * is opened and its fds handed to the holder, so that from now on an agent crash does not reset it.
+ */
+async function openOrAdopt(found: FoundDevice, cfg: NonNullable<AgentConfig['devices']['kernel']>, opts: { libc?: string },
+  h: { holder: number | undefined; held: Record<string, number[]>; stateDir: string }): Promise<KernelDevice | undefined> {
+  const { holder, held, stateDir } = h;
+  const kept = held[found.name];
+  if (holder && kept) return adoptKernelDevice(found.bdf, takeFds(holder, kept), opts);
+  const spec = found.cdev ? { cdev: found.cdev, iommu: join(cfg.dev, 'iommu') }
+    : found.group ? { group: found.group, bdf: found.bdf, container: join(cfg.dev, 'vfio/vfio') } : undefined;
+  if (!spec) return undefined;
+  const dev = await openKernelDevice(spec, opts);
+  if (holder) await handOver(stateDir, holder, { [found.name]: dev.fds });
+  return dev;
 }
 
 /** A kernel device under its object name (pci-0000-3b-00-1) rather than its path. */

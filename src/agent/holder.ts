@@ -4,11 +4,14 @@
  * it and its state would be lost). The agent finds a live holder by its pid file, or starts one.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { alive } from '../vfio/sim/lock.js';
+import { closeFds, takeFds } from './fdpass.js';
 
 const PID_FILE = 'holder.pid';
+const HELD_FILE = 'held.json';
+const HANDOFF_FILE = 'handoff.json';
 
 export async function findHolder(stateDir: string): Promise<number | undefined> {
   const text = await readFile(join(stateDir, PID_FILE), 'utf8').catch((e: NodeJS.ErrnoException) => {
@@ -39,11 +42,47 @@ export async function ensureHolder(stateDir: string, devmigBin: string): Promise
   throw new Error(`the fd holder (pid ${pid}) did not come up; see ${stateDir}`);
 }
 
-/** The holder's own main loop: publish the pid, then hold until told to let go. */
+/** What the holder keeps: per device, its fds in the holder's numbering. */
+export interface Held {
+  readonly holder: number;
+  readonly devices: Record<string, number[]>;
+}
+
+/** What the agent hands over: its pid and, per device, its fds in the agent's numbering. */
+interface Handoff {
+  readonly agent: number;
+  readonly devices: Record<string, number[]>;
+}
+
+export async function readHeld(stateDir: string, holder: number): Promise<Held['devices']> {
+  const text = await readFile(join(stateDir, HELD_FILE), 'utf8').catch(() => '');
+  const held = text ? (JSON.parse(text) as Held) : undefined;
+  return held?.holder === holder ? held.devices : {};
+}
+
+/** Asks the holder to keep copies of these device fds; resolves when it has them. */
+export async function handOver(stateDir: string, holder: number, devices: Record<string, number[]>): Promise<void> {
+  const handoff: Handoff = { agent: process.pid, devices };
+  await writeFile(join(stateDir, HANDOFF_FILE), JSON.stringify(handoff));
+  process.kill(holder, 'SIGUSR2');
+  for (let i = 0; i < 200; i++) {
+    const held = await readHeld(stateDir, holder);
+    if (Object.keys(devices).every((d) => held[d])) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`the fd holder (pid ${holder}) did not take the device fds; see ${stateDir}`);
+}
+
+/** The holder's own main loop: publish the pid, take fds when asked, hold until told to let go. */
 export async function runHolder(stateDir: string): Promise<void> {
   await mkdir(stateDir, { recursive: true });
+  const held: Held = { holder: process.pid, devices: {} };
+  await writeFile(join(stateDir, HELD_FILE), JSON.stringify(held));
   await writeFile(join(stateDir, PID_FILE), String(process.pid));
   const keepAlive = setInterval(() => undefined, 1 << 30);
+  process.on('SIGUSR2', () => {
+    take(stateDir, held).catch((e: unknown) => process.stderr.write(`devmig holder: ${(e as Error).message}\n`));
+  });
   await new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGTERM', stop);
@@ -52,6 +91,18 @@ export async function runHolder(stateDir: string): Promise<void> {
   clearInterval(keepAlive);
   const current = await readFile(join(stateDir, PID_FILE), 'utf8').catch(() => '');
   if (current.trim() === String(process.pid)) await rm(join(stateDir, PID_FILE), { force: true });
+}
+
+async function take(stateDir: string, held: { devices: Record<string, number[]> }): Promise<void> {
+  const h = JSON.parse(await readFile(join(stateDir, HANDOFF_FILE), 'utf8')) as Handoff;
+  for (const [device, fds] of Object.entries(h.devices)) {
+    const copies = takeFds(h.agent, fds);
+    if (held.devices[device]) closeFds(held.devices[device]);
+    held.devices[device] = copies;
+  }
+  const tmp = join(stateDir, `${HELD_FILE}.tmp`);
+  await writeFile(tmp, JSON.stringify({ holder: process.pid, devices: held.devices }));
+  await rename(tmp, join(stateDir, HELD_FILE));
 }
 
 async function isHolder(pid: number): Promise<boolean> {

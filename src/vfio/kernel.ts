@@ -98,6 +98,16 @@ export async function openKernelDevice(spec: KernelDeviceSpec, opts: KernelOptio
   }
 }
 
+/**
+ * A KernelDevice over fds this process already has: copies taken from the fd holder after an agent
+ * restart (pidfd_getfd), so the device was never closed and never reset. `fds[0]` is the device fd.
+ */
+export function adoptKernelDevice(name: string, fds: number[], opts: KernelOptions = {}): KernelDevice {
+  const [fd, ...held] = fds;
+  if (fd === undefined) throw new DeviceError('EBADF', `${name}: no fds to adopt`);
+  return new KernelDevice(name, loadLibc(libcPath(opts)), fd, held);
+}
+
 function openPath(libc: Libc, path: string, held: number[], hint?: string): number {
   const fd = libc.open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) {
@@ -166,6 +176,11 @@ export class KernelDevice implements MigrationDevice, ArcStepper {
    * @param held the group/container or iommufd fds opened with it, closed after it.
    */
   constructor(readonly name: string, private readonly libc: Libc, readonly fd: number, private readonly held: number[]) {}
+
+  /** Every fd that keeps the device open: the device fd first, then its group/container/iommufd. */
+  get fds(): number[] {
+    return [this.fd, ...this.held];
+  }
 
   /** The migration flags from the last probe (0 before one). */
   get flags(): number {
