@@ -124,3 +124,30 @@ describe('migrations', () => {
     expect((await simDigest(simDir('node-1'), m.status!.targetDevice!)).sha256).toBe(before.sha256);
   });
 });
+
+describe('kubectl devmig', () => {
+  async function plugin(...args: string[]) {
+    const { pluginMain } = await import('../../src/cli/plugin.js');
+    let stdout = '';
+    let stderr = '';
+    const code = await pluginMain(['--kubeconfig', env.kubeconfig, ...args], { out: (t) => { stdout += `${t}\n`; }, err: (t) => { stderr += `${t}\n`; } });
+    return { code, stdout, stderr };
+  }
+
+  it('migrate --wait, status, devices, and clear errors', async () => {
+    const m = await plugin('migrate', 'node-1/sim-1', '--to', 'node-2/sim-1', '--strategy', 'StopCopy', '--name', 'by-plugin', '--wait', '-o', 'json');
+    expect(m.code).toBe(0);
+    expect(JSON.parse(m.stdout.trim().split('\n').at(-1)!)).toMatchObject({ status: { phase: 'Succeeded' } });
+    const s = await plugin('status', 'by-plugin');
+    expect(s.stdout).toMatch(/by-plugin\s+Succeeded\s+\[#{20}\] 100%/);
+    expect(s.stdout).toMatch(/^DEVICE\s+FROM\s+TO\s+STARTED\s+MS\s+RESULT\s+ERRNO$/m);
+    expect(s.stdout).toMatch(/^target\s+RESUMING\s+STOP\s/m);
+    const d = await plugin('devices', 'node-2', '-o', 'yaml');
+    expect(d.stdout).toMatch(/- node: node-2\n(\s+\S.*\n)*?\s+name: sim-0\n/);
+    const t = await plugin('devices');
+    expect(t.stdout).toMatch(/^NODE\s+DEVICE\s+KIND\s+FLAGS\s+STATE\s+MIGRATION$/m);
+    expect((await plugin('cancel', 'nope')).stderr).toMatch(/no DeviceMigration nope/);
+    expect((await plugin('migrate', 'node-1', '--to', 'node-2')).stderr).toMatch(/name the device too/);
+    expect((await plugin('migrate', 'Node_1/x', '--to', 'node-2')).stderr).toMatch(/write NODE or NODE\/DEVICE/);
+  });
+});

@@ -1,0 +1,138 @@
+/**
+ * `kubectl devmig` (the kubectl-devmig executable): the user's view. migrate, status (with -w),
+ * cancel, devices. People get tables; -o json|yaml for scripts.
+ */
+import { Command, CommanderError } from 'commander';
+import { stringify } from 'yaml';
+import { API_VERSION } from '../api/names.js';
+import { formatBytes } from '../api/quantity.js';
+import { Kube, type DeviceMigration } from '../controller/kube.js';
+import { CliError, jsonLine, processIo, table, type Io } from './output.js';
+
+type Format = 'text' | 'json' | 'yaml';
+const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
+
+function format(o?: string): Format {
+  if (o === undefined) return 'text';
+  if (o === 'json' || o === 'yaml') return o;
+  throw new CliError(`-o ${o}: use -o json or -o yaml, or leave it out for a table`, 2);
+}
+
+function emit(io: Io, f: Format, value: unknown, text: () => string): void {
+  if (f === 'json') io.out(jsonLine(value));
+  else if (f === 'yaml') io.out(stringify(value));
+  else io.out(text());
+}
+
+const ref = (s: string, what: string): { node: string; device?: string } => {
+  const m = /^([a-z0-9][-a-z0-9.]*)(?:\/([a-z0-9][-a-z0-9.]*))?$/.exec(s);
+  if (!m) throw new CliError(`${what} "${s}": write NODE or NODE/DEVICE, e.g. node-1/sim-0`);
+  return { node: m[1]!, ...(m[2] ? { device: m[2] } : {}) };
+};
+
+export function buildPlugin(io: Io, kube: () => Kube): Command {
+  const p = new Command('kubectl-devmig').description('devmig for kubectl: migrate VFIO device state between nodes')
+    .option('--kubeconfig <file>', 'kubeconfig (default: $KUBECONFIG or ~/.kube/config)')
+    .exitOverride().configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) });
+  p.command('migrate').argument('<source>', 'NODE/DEVICE').requiredOption('--to <target>', 'NODE or NODE/DEVICE')
+    .option('--strategy <s>', 'StopCopy, PreCopy or Auto', 'Auto').option('--name <name>', 'the DeviceMigration\'s name')
+    .option('--wait', 'follow it until it ends').option('-o, --output <format>', 'json or yaml')
+    .description('create a DeviceMigration').action(async (src: string, o: { to: string; strategy: string; name?: string; wait?: boolean; output?: string }) => {
+      const f = format(o.output);
+      const source = ref(src, 'source');
+      if (!source.device) throw new CliError(`source "${src}": name the device too, e.g. ${src}/sim-0`);
+      const name = o.name ?? `${source.node}-${source.device}-${Date.now().toString(36)}`;
+      await kube().custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', fieldValidation: 'Strict',
+        body: { apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name }, spec: { source, target: ref(o.to, '--to'), strategy: o.strategy } } });
+      if (!o.wait) return emit(io, f, { name }, () => `devicemigration.devmig.io/${name} created`);
+      const m = await follow(kube(), name, f === 'text' ? io : undefined);
+      emit(io, f, m, () => '');
+      if (m.status?.phase !== 'Succeeded') throw new CliError(`${name} ended ${m.status?.phase}: ${m.status?.failure?.message ?? ''}`);
+    });
+  p.command('status').argument('<name>').option('-w, --watch', 'follow it live').option('-o, --output <format>', 'json or yaml')
+    .description('phase, progress, bytes, rate, downtime and the arcs of a DeviceMigration').action(async (name: string, o: { watch?: boolean; output?: string }) => {
+      const f = format(o.output);
+      const m = o.watch ? await follow(kube(), name, f === 'text' ? io : undefined) : await get(kube(), name);
+      emit(io, f, m, () => describe(m));
+    });
+  p.command('cancel').argument('<name>').description('roll a DeviceMigration back (before its commit)').action(async (name: string) => {
+    const k8s = await import('@kubernetes/client-node');
+    await get(kube(), name);
+    await kube().custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', name, body: { spec: { cancel: true } } },
+      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
+    io.out(`devicemigration.devmig.io/${name} cancel requested`);
+  });
+  p.command('devices').argument('[node]').option('-o, --output <format>', 'json or yaml').description('the DeviceNode inventory: flags, states, who uses what')
+    .action(async (node: string | undefined, o: { output?: string }) => {
+      const f = format(o.output);
+      const nodes = (await kube().listDeviceNodes()).filter((n) => !node || n.metadata.name === node);
+      if (node && nodes.length === 0) throw new CliError(`no DeviceNode ${node}: is the devmig agent running on that node?`);
+      const rows = nodes.flatMap((n) => (n.status?.devices ?? []).map((d) => ({ node: n.metadata.name, ...d })));
+      emit(io, f, { devices: rows }, () => table(['NODE', 'DEVICE', 'KIND', 'FLAGS', 'STATE', 'MIGRATION'],
+        rows.map((r) => [r.node, r.name, r.kind, r.flags.join(','), r.state, r.migration ? `${r.migration} (${r.role ?? '?'})` : '-'])));
+    });
+  return p;
+}
+
+async function get(kube: Kube, name: string): Promise<DeviceMigration> {
+  const m = await kube.getMigration(name);
+  if (!m) throw new CliError(`no DeviceMigration ${name} (kubectl get dmig lists them)`);
+  return m;
+}
+
+function bar(pct: number): string {
+  const n = Math.round(pct / 5);
+  return `[${'#'.repeat(n)}${'.'.repeat(20 - n)}] ${pct}%`;
+}
+
+function line(m: DeviceMigration, rate?: number): string {
+  const s = m.status;
+  const pct = s?.phase === 'Succeeded' ? 100 : Number((s?.progress ?? '0').replace('%', '')) || 0;
+  return `${m.metadata.name}  ${(s?.phase ?? 'Pending').padEnd(10)} ${bar(pct)}  ${formatBytes(s?.transfer?.bytes ?? 0)}` +
+    (rate ? `  ${formatBytes(rate)}/s` : '') + (s?.downtimeMs !== undefined ? `  downtime ${s.downtimeMs} ms` : '');
+}
+
+function describe(m: DeviceMigration): string {
+  const s = m.status;
+  const arcs = table(['DEVICE', 'FROM', 'TO', 'STARTED', 'MS', 'RESULT', 'ERRNO'],
+    (s?.arcs ?? []).map((a) => [a.device, a.from, a.to, a.startedAt.slice(11, 23), String(a.durationMs), a.result, a.errno ?? '']));
+  const why = s?.failure ? `\n${s.failure.reason}: ${s.failure.message}` : '';
+  return `${line(m)}\n${m.spec.source.node}/${m.spec.source.device} -> ${m.spec.target.node}/${s?.targetDevice ?? m.spec.target.device ?? '?'}${why}\n\n${arcs}`;
+}
+
+async function follow(kube: Kube, name: string, io: Io | undefined): Promise<DeviceMigration> {
+  let last = '';
+  let prev: { at: number; bytes: number } | undefined;
+  for (;;) {
+    const m = await get(kube, name);
+    const bytes = m.status?.transfer?.bytes ?? 0;
+    const now = Date.now();
+    const rate = prev && now > prev.at ? ((bytes - prev.bytes) * 1000) / (now - prev.at) : undefined;
+    prev = { at: now, bytes };
+    const l = line(m, rate && rate > 0 ? rate : undefined);
+    if (io && l !== last) io.out(l);
+    last = l;
+    if (FINAL.has(m.status?.phase ?? '')) {
+      if (io) io.out(describe(m));
+      return m;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+export async function pluginMain(argv: string[], io: Io = processIo): Promise<number> {
+  let kubeconfig: string | undefined;
+  const program = buildPlugin(io, () => Kube.fromFile(kubeconfig));
+  program.hook('preAction', (cmd) => { kubeconfig = cmd.optsWithGlobals<{ kubeconfig?: string }>().kubeconfig; });
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    const wantsJson = argv.includes('json');
+    const msg = (e as Error).message;
+    if (wantsJson) io.out(jsonLine({ error: msg }));
+    else io.err(`error: ${msg}`);
+    return e instanceof CliError ? e.exitCode : 1;
+  }
+}
