@@ -24,6 +24,8 @@ export interface LocalOptions {
   readonly nodes: number;
   readonly devices: number;
   readonly stateSize: string;
+  /** Bytes per second each simulated workload rewrites while running (default 0). */
+  readonly dirtyRate?: string;
   /** Agents listen on <prefix>.2, <prefix>.3, ... (loopback addresses). */
   readonly loopbackPrefix?: string;
 }
@@ -159,7 +161,7 @@ async function startAgent(dir: string, pki: string, kubeconfig: string, node: st
     node, listen: { host, port: 9443 }, stateDir: join(home, 'state'),
     tls: { ca: join(pki, 'ca.crt'), cert: join(pki, `agent-${node}.crt`), key: join(pki, `agent-${node}.key`) },
     kube: { kubeconfig, heartbeatSeconds: 2 },
-    devices: { simulated: { dir: join(home, 'sim'), devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize })) } },
+    devices: { simulated: { dir: join(home, 'sim'), devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
   };
   await mkdir(home, { recursive: true });
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
