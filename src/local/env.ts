@@ -194,7 +194,7 @@ async function freePort(): Promise<number> {
 }
 
 async function waitAgentsReady(kube: Kube, nodes: string[]): Promise<void> {
-  for (let i = 0; i < 300; i++) {
+  for (let i = 0; i < 600; i++) {
     // A CRD just established may answer 429 while its storage initializes: ask again.
     const dn = await kube.listDeviceNodes().catch((e: unknown) => {
       if ((e as { code?: number }).code === 429) return [];
@@ -203,5 +203,5 @@ async function waitAgentsReady(kube: Kube, nodes: string[]): Promise<void> {
     if (nodes.every((n) => dn.some((d) => d.metadata.name === n && d.status?.ready))) return;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`agents did not publish ready DeviceNodes for ${nodes.join(', ')} in 30 s; see the logs in the local directory`);
+  throw new Error(`agents did not publish ready DeviceNodes for ${nodes.join(', ')} in 60 s; see the logs in the local directory`);
 }

@@ -12,6 +12,8 @@ import { RelayError } from './errors.js';
 import { CHUNK, clientOptions, type TlsMaterial } from './h2.js';
 import { Throttle } from './throttle.js';
 
+const DEFAULT_STALL_MS = 30_000;
+
 export interface SendOptions {
   /** The target agent, e.g. https://127.0.0.2:9443 */
   readonly endpoint: string;
@@ -23,6 +25,8 @@ export interface SendOptions {
   readonly algorithm: DigestAlgorithm;
   readonly bandwidth?: number;
   readonly signal: AbortSignal;
+  /** A stream the target takes nothing from for this long fails (default 30 s). */
+  readonly stallMs?: number;
   /** How long to wait after PRE_COPY's ENOMSG before reading again. */
   readonly precopyPollMs?: number;
   onProgress?(bytes: number): void;
@@ -120,7 +124,7 @@ async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions,
       state.bytes += n;
       await throttle.take(n, opts.signal);
       // The buffer goes back to the pool once HTTP/2 has taken it.
-      if (!req.write(chunk, () => pool.give(buf))) await once(req, 'drain', { signal: opts.signal });
+      if (!req.write(chunk, () => pool.give(buf))) await drained(req, opts);
       opts.onProgress?.(state.bytes);
     }
     const value = digest.value();
@@ -154,6 +158,31 @@ class BufferPool {
   }
 }
 
+/**
+ * Waits for room in the stream. A peer that dies closes the stream without an 'error', and 'drain'
+ * then never comes; a peer that stops reading (a half-open connection) leaves it pending forever. So
+ * a close rejects, and so does no room for `stallMs`.
+ */
+function drained(req: ClientHttp2Stream, opts: SendOptions): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
+    const done = (e?: Error) => {
+      clearTimeout(timer);
+      req.off('drain', onDrain).off('close', onClose).off('error', onError);
+      opts.signal.removeEventListener('abort', onAbort);
+      if (e) reject(e);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(new RelayError('StreamAborted', `the target closed the stream (code ${req.rstCode ?? '?'}) before it took everything`));
+    const onError = (e: Error) => done(e);
+    const onAbort = () => done(opts.signal.reason instanceof Error ? opts.signal.reason : new Error(String(opts.signal.reason)));
+    const timer = setTimeout(() => done(new RelayError('StreamAborted', `the target took nothing for ${stallMs} ms (stalled, or the connection is half-open)`)), stallMs);
+    req.once('drain', onDrain).once('close', onClose).once('error', onError);
+    opts.signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 async function readDevice(save: SaveStream, buf: Buffer): Promise<number | 'ENOMSG'> {
   try {
     return await save.read(buf);
@@ -164,7 +193,10 @@ async function readDevice(save: SaveStream, buf: Buffer): Promise<number | 'ENOM
 }
 
 async function readResponse(req: ClientHttp2Stream): Promise<TargetVerdict> {
-  const [headers] = (await once(req, 'response')) as [Record<string, string | number>];
+  // A target that dies after the last byte closes the stream without an answer: that rejects too.
+  const closed = new Promise<never>((_, reject) => req.once('close', () => reject(new RelayError('StreamAborted', 'the target closed the stream without an answer'))));
+  closed.catch(() => undefined);
+  const [headers] = (await Promise.race([once(req, 'response'), closed])) as [Record<string, string | number>];
   const status = Number(headers[':status']);
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
