@@ -377,7 +377,10 @@ describe('data_fd', () => {
   });
 
   it('PRE_COPY reads answer ENOMSG at the temporary end of data (the double preloaded into Node)', async () => {
-    const out = await runPreloaded('test/integration/fixtures/precopy-preloaded.ts', so, 'size=4096 dirty=1000 seed=3');
+    // Known flake, under investigation: under heavy load the preloaded child has hung once in CI
+    // (a fresh clone, every suite in parallel). It gets 20 s, and one more try, not a 60 s hang.
+    const run = () => runPreloaded('test/integration/fixtures/precopy-preloaded.ts', so, 'size=4096 dirty=1000 seed=3');
+    const out = await run().catch(run);
     expect(out).toEqual({
       info1: { initial: 4128, dirty: 1016 }, initial: [4128, 'ENOMSG'],
       info2: { initial: 0, dirty: 1016 }, dirty: [1016, 'ENOMSG'], info3: { initial: 0, dirty: 0 },
@@ -482,7 +485,12 @@ function runPreloaded(script: string, libc: string, settings: string): Promise<u
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => { stdout += b.toString(); });
     child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
     child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(lastJson(stdout)) : reject(new Error(`${script} exited ${code}: ${stderr}`))));
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(lastJson(stdout));
+      else reject(new Error(`${script} ${signal ? `killed after 20 s (${signal})` : `exited ${code}`}: ${stderr}`));
+    });
   });
 }
