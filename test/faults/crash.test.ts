@@ -5,7 +5,8 @@
  * RUNNING on the state, within a bounded time. Prints the table.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { closeSync, openSync } from 'node:fs';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
@@ -32,13 +33,17 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const pid of [pids.controller, ...Object.values(pids.agents)]) { try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ } }
   await localDown(dir, () => undefined);
+  // The logs of a failed run are what a person needs: keep them where CI can show them.
+  if (process.env.DEVMIG_FAULT_LOGS) await cp(join(dir, 'logs'), process.env.DEVMIG_FAULT_LOGS, { recursive: true }).catch(() => undefined);
   await rm(dir, { recursive: true, force: true });
   process.stdout.write(`\n${['SCENARIO', 'OUTCOME', 'INVARIANTS', 'SECONDS'].join(' | ')}\n${rows.map((r) => r.join(' | ')).join('\n')}\n`);
 }, 60_000);
 
 function restart(what: string): void {
   const args = what === 'controller' ? ['controller', '--config', env.controller.config] : ['agent', '--config', join(dir, what, 'agent.json')];
-  const child = spawn(process.execPath, [devmigBin, ...args], { stdio: 'ignore', detached: true });
+  const log = openSync(join(dir, 'logs', `${what === 'controller' ? 'controller' : `agent-${what}`}.log`), 'a');
+  const child = spawn(process.execPath, [devmigBin, ...args], { stdio: ['ignore', log, log], detached: true });
+  closeSync(log);
   child.unref();
   if (what === 'controller') pids.controller = child.pid!;
   else pids.agents[what] = child.pid!;
@@ -68,7 +73,12 @@ async function scenario(name: string, device: string, victim: 'controller' | 'no
   const m = await until<DeviceMigration>(`${name} final`, async () => {
     const x = await kube.getMigration(name);
     return x?.status?.phase && ['Succeeded', 'RolledBack', 'Failed', 'Cancelled'].includes(x.status.phase) ? x : undefined;
-  }, 120_000, 100);
+  }, 120_000, 100).catch(async (e: Error) => {
+    // Where it stalled is the whole diagnosis: say it in the failure.
+    const x = await kube.getMigration(name);
+    const { arcs, ...rest } = x?.status ?? {};
+    throw new Error(`${e.message}; status: ${JSON.stringify({ ...rest, lastArcs: (arcs ?? []).slice(-4) })}`);
+  });
   const src = await simDigest(simDir('node-1'), device);
   const dst = await simDigest(simDir('node-2'), device);
   const both = src.state === 'RUNNING' && dst.state === 'RUNNING' && src.sha256 === before.sha256 && dst.sha256 === before.sha256;
