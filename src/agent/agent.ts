@@ -2,12 +2,15 @@
  * The agent: wiring only. It opens the node's devices (through the fd holder), reconciles what its
  * journal says it was doing, and serves the control and data API until told to drain.
  */
-import { readFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Http2SecureServer } from 'node:http2';
 import type { Logger } from 'pino';
 import type { TlsMaterial } from '../relay/h2.js';
 import type { AgentConfig } from './config.js';
+import type { AgentCertificate } from './certs.js';
 import type { AgentContext } from './context.js';
 import { openDevices } from './devices.js';
 import { ensureHolder } from './holder.js';
@@ -24,11 +27,13 @@ export interface AgentOptions {
 
 export class Agent {
   private publisher: DeviceNodePublisher | undefined;
+  private renewal: NodeJS.Timeout | undefined;
 
   private constructor(readonly ctx: AgentContext, private readonly server: Http2SecureServer) {}
 
   static async start(config: AgentConfig, opts: AgentOptions): Promise<Agent> {
-    const tls = await loadTls(config);
+    const issued = 'kubernetes' in config.tls ? await clusterCertificate(config, opts.log) : undefined;
+    const tls = issued ?? (await loadTls(config));
     const holder = config.holder ? await ensureHolder(config.stateDir, opts.devmigBin) : undefined;
     const journal = await Journal.open(config.stateDir);
     const devices = await openDevices(config, holder, opts.log);
@@ -40,6 +45,7 @@ export class Agent {
       server.listen(config.listen.port, config.listen.host, () => resolve());
     });
     const agent = new Agent(ctx, server);
+    if (issued) agent.renewAt(issued.notAfter);
     if (config.kube) {
       // Loaded only when publishing: importing the Kubernetes client adds ~50 MB of RSS (75 -> 125).
       const { DeviceNodePublisher } = await import('./publish.js');
@@ -58,8 +64,26 @@ export class Agent {
     return this.ctx.config.advertise ?? `https://${this.ctx.config.listen.host}:${this.port}`;
   }
 
+  /** A new key and certificate before this one expires; new connections use them, live ones go on. */
+  private renewAt(notAfter: Date): void {
+    this.renewal = setTimeout(() => {
+      clusterCertificate(this.ctx.config, this.ctx.log, false).then((next) => {
+        this.ctx.tls = { ca: next.ca, cert: next.cert, key: next.key };
+        this.server.setSecureContext({ ca: next.ca, cert: next.cert, key: next.key });
+        this.ctx.log.info({ csr: next.csrName, notAfter: next.notAfter }, 'renewed the agent certificate');
+        this.renewAt(next.notAfter);
+      }, (e: unknown) => {
+        this.ctx.log.error({ err: (e as Error).message }, 'certificate renewal failed; trying again in a minute');
+        this.renewal = setTimeout(() => this.renewAt(notAfter), 60_000);
+        this.renewal.unref();
+      });
+    }, renewDelayMs(notAfter));
+    this.renewal.unref();
+  }
+
   /** Graceful shutdown: new work gets 503, sessions in flight get drainSeconds to finish. */
   async stop(): Promise<void> {
+    clearTimeout(this.renewal);
     this.ctx.draining = true;
     this.publisher?.stop();
     await this.publisher?.publish(false).catch((e: unknown) => this.ctx.log.warn({ err: (e as Error).message }, 'could not mark the DeviceNode not ready'));
@@ -72,8 +96,41 @@ export class Agent {
 }
 
 async function loadTls(config: AgentConfig): Promise<TlsMaterial> {
+  if ('kubernetes' in config.tls) throw new Error('unreachable: cluster certificates are asked for elsewhere');
   const [ca, cert, key] = await Promise.all([readFile(config.tls.ca), readFile(config.tls.cert), readFile(config.tls.key)]);
   return { ca, cert, key };
+}
+
+/** Asks the cluster's CSR API for this node's certificate (the Kubernetes client loads only here). */
+async function clusterCertificate(config: AgentConfig, log: Logger, reuse = true): Promise<AgentCertificate> {
+  if (!('kubernetes' in config.tls)) throw new Error('unreachable: certificate files are configured');
+  const k = config.tls.kubernetes;
+  // A restart keeps the certificate it had while it is fresh, so an agent comes back even while the
+  // controller (the signer) is down; the key stays on the node's disk, readable by the agent alone.
+  const saved = join(config.stateDir, 'tls.json');
+  if (reuse) {
+    const kept = await readFile(saved, 'utf8').then((t) => JSON.parse(t) as { ca: string; cert: string; key: string; csrName: string }, () => undefined);
+    if (kept) {
+      const x = new X509Certificate(kept.cert);
+      const from = Date.parse(x.validFrom);
+      const to = Date.parse(x.validTo);
+      if (x.subject === `CN=agent:${config.node}` && Date.now() < from + ((to - from) * 2) / 3) {
+        log.info({ csr: kept.csrName, notAfter: x.validTo }, 'kept the agent certificate from the last run');
+        return { ...kept, notAfter: new Date(to) };
+      }
+    }
+  }
+  const [{ Kube }, { requestCertificate }] = await Promise.all([import('../controller/kube.js'), import('./certs.js')]);
+  const advertised = config.advertise ? new URL(config.advertise).hostname.replace(/^\[|\]$/g, '') : undefined;
+  const cert = await requestCertificate(Kube.fromFile(config.kube?.kubeconfig), {
+    node: config.node, namespace: k.namespace, caConfigMapName: k.caConfigMapName, signerName: k.signerName,
+    expirationSeconds: k.expirationSeconds, hosts: [...new Set([advertised, config.listen.host].filter((h): h is string => Boolean(h)))],
+  });
+  log.info({ csr: cert.csrName, notAfter: cert.notAfter }, 'got the agent certificate from the cluster');
+  await mkdir(config.stateDir, { recursive: true });
+  await writeFile(`${saved}.tmp`, JSON.stringify({ ca: cert.ca, cert: cert.cert, key: cert.key, csrName: cert.csrName }), { mode: 0o600 });
+  await rename(`${saved}.tmp`, saved);
+  return cert;
 }
 
 /**
@@ -90,4 +147,9 @@ async function reconcile(ctx: AgentContext): Promise<void> {
     if (step !== e.step) await ctx.journal.step(e.device, { step });
     ctx.log.info({ device: e.device, migration: e.migration, role: e.role, step, state }, 'reconciled device from the journal');
   }
+}
+
+/** When to ask again: at two thirds of the certificate's remaining life, at least a minute from now. */
+export function renewDelayMs(notAfter: Date, now = Date.now()): number {
+  return Math.max(60_000, ((notAfter.getTime() - now) * 2) / 3);
 }

@@ -34,7 +34,18 @@ export const agentConfigSchema = z.strictObject({
   /** The endpoint other agents and the controller use; default https://<listen.host>:<port>. */
   advertise: z.string().regex(/^https:\/\/[^/]+$/, 'must be https://HOST:PORT').optional(),
   stateDir: z.string().min(1),
-  tls: z.strictObject({ ca: z.string(), cert: z.string(), key: z.string() }),
+  /** Certificate files, or a certificate asked of the cluster's CSR API (the controller signs it). */
+  tls: z.union([
+    z.strictObject({ ca: z.string(), cert: z.string(), key: z.string() }),
+    z.strictObject({
+      kubernetes: z.strictObject({
+        namespace: z.string().min(1).describe('where the controller publishes the CA ConfigMap'),
+        caConfigMapName: z.string().default('devmig-ca'),
+        signerName: z.string().default('devmig.io/agent'),
+        expirationSeconds: z.number().int().min(600).default(7 * 86_400),
+      }),
+    }),
+  ]),
   digest: z.enum(DIGEST_ALGORITHMS as unknown as ['sha256', 'crc32']).default('sha256'),
   /** Keep device fds in a separate holder process, so an agent restart does not reset devices. */
   holder: z.boolean().default(true),
@@ -72,10 +83,14 @@ export function parseAgentConfig(raw: unknown, source = 'agent config'): AgentCo
     if (names.has(d.name)) throw new ConfigError(`${source}: devices.simulated.devices has "${d.name}" twice; device names must be unique`);
     names.add(d.name);
   }
+  if ('kubernetes' in r.data.tls && !r.data.kube) {
+    throw new ConfigError(`${source}: tls.kubernetes asks the cluster for a certificate, so \`kube\` must be set too (\`kube: {}\` for in-cluster)`);
+  }
   return r.data;
 }
 
-export async function loadAgentConfig(path: string): Promise<AgentConfig> {
+/** Reads the file; `overrides` (from flags) replace its top-level fields and are validated with it. */
+export async function loadAgentConfig(path: string, overrides: Record<string, unknown> = {}): Promise<AgentConfig> {
   const text = await readFile(path, 'utf8');
   let raw: unknown;
   try {
@@ -83,5 +98,6 @@ export async function loadAgentConfig(path: string): Promise<AgentConfig> {
   } catch (e) {
     throw new ConfigError(`${path} is not valid YAML or JSON: ${(e as Error).message}`);
   }
-  return parseAgentConfig(raw, path);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`${path}: expected a mapping of settings`);
+  return parseAgentConfig({ ...raw, ...overrides }, path);
 }

@@ -13,7 +13,8 @@ export interface AgentContext {
   readonly devices: DeviceRegistry;
   readonly journal: Journal;
   readonly sessions: SessionTable;
-  readonly tls: TlsMaterial;
+  /** Replaced in place when a certificate from the cluster is renewed; read it at each use. */
+  tls: TlsMaterial;
   readonly log: Logger;
   draining: boolean;
 }

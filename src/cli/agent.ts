@@ -7,7 +7,7 @@ import { runHolder } from '../agent/holder.js';
 import { createLogger } from '../log.js';
 import type { Io } from './output.js';
 
-interface AgentOpts { config: string }
+interface AgentOpts { config: string; node?: string; advertise?: string }
 
 const devmigBin = fileURLToPath(new URL('../../bin/devmig.js', import.meta.url));
 
@@ -15,6 +15,8 @@ export function registerAgent(program: Command, _io: Io): void {
   program.command('agent')
     .description('run the node agent: owns this node\'s VFIO devices, drives their FSM, relays their state')
     .requiredOption('--config <file>', 'agent configuration (YAML or JSON)')
+    .option('--node <name>', 'this node\'s name, over the file\'s `node` (a DaemonSet passes $(NODE_NAME))')
+    .option('--advertise <url>', 'https://HOST:PORT peers reach this agent at, over the file\'s `advertise`')
     .action((opts: AgentOpts) => runAgent(opts));
   program.command('holder')
     .description('the fd holder the agent starts: keeps devices open across agent restarts')
@@ -23,7 +25,7 @@ export function registerAgent(program: Command, _io: Io): void {
 }
 
 async function runAgent(opts: AgentOpts): Promise<void> {
-  const config = await loadAgentConfig(opts.config);
+  const config = await loadAgentConfig(opts.config, { ...(opts.node ? { node: opts.node } : {}), ...(opts.advertise ? { advertise: opts.advertise } : {}) });
   const log = createLogger('agent').child({ node: config.node });
   const agent = await Agent.start(config, { log, devmigBin });
   await new Promise<void>((resolve) => {

@@ -1,7 +1,10 @@
 /** `devmig controller`: the operator's controller. */
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { loadControllerConfig } from '../controller/config.js';
+import type { Logger } from 'pino';
+import { loadControllerConfig, type ControllerConfig } from '../controller/config.js';
+import { controllerTls, CsrSigner, ensurePki } from '../controller/pki.js';
+import type { TlsMaterial } from '../relay/h2.js';
 import { Controller } from '../controller/controller.js';
 import { Kube } from '../controller/kube.js';
 import { createLogger } from '../log.js';
@@ -14,22 +17,36 @@ export function registerController(program: Command, _io: Io): void {
     .action((opts: { config: string }) => runController(opts.config));
 }
 
+async function credentials(cfg: ControllerConfig, kube: Kube, log: Logger): Promise<{ tls: TlsMaterial; ticketSecret: Buffer; signer?: CsrSigner }> {
+  if (cfg.pki) {
+    const o = { namespace: cfg.namespace, ...cfg.pki };
+    const pki = await ensurePki(kube, o, log);
+    return { tls: await controllerTls(pki), ticketSecret: pki.ticketSecret, signer: new CsrSigner(kube, pki, o, log) };
+  }
+  const secret = await readFile(cfg.ticketSecretFile!);
+  if (secret.length < 32) throw new CliError(`${cfg.ticketSecretFile}: the ticket secret must hold at least 32 bytes`);
+  const [ca, cert, key] = await Promise.all([readFile(cfg.tls!.ca), readFile(cfg.tls!.cert), readFile(cfg.tls!.key)]);
+  return { tls: { ca, cert, key }, ticketSecret: secret };
+}
+
 async function runController(path: string): Promise<void> {
   const cfg = await loadControllerConfig(path);
-  const secret = await readFile(cfg.ticketSecretFile);
-  if (secret.length < 32) throw new CliError(`${cfg.ticketSecretFile}: the ticket secret must hold at least 32 bytes`);
-  const [ca, cert, key] = await Promise.all([readFile(cfg.tls.ca), readFile(cfg.tls.cert), readFile(cfg.tls.key)]);
   const log = createLogger('controller');
+  const kube = Kube.fromFile(cfg.kubeconfig);
+  const { tls, ticketSecret, signer } = await credentials(cfg, kube, log);
   const le = cfg.leaderElection;
   const controller = new Controller({
-    kube: Kube.fromFile(cfg.kubeconfig), tls: { ca, cert, key }, ticketSecret: secret, log, workers: cfg.workers,
+    kube, tls, ticketSecret, log, workers: cfg.workers,
     metricsPort: cfg.metrics.port, metricsHost: cfg.metrics.host,
-    ...(le.enabled ? { leader: { namespace: le.namespace, name: le.name, identity: le.identity, leaseSeconds: le.leaseSeconds } } : {}),
+    ...(le.enabled ? { leader: { namespace: le.namespace ?? cfg.namespace, name: le.name, identity: le.identity, leaseSeconds: le.leaseSeconds } } : {}),
   });
   await controller.start();
-  log.info({ metrics: controller.metricsPort }, 'controller running');
+  // Every replica signs: a CSR is settled once (approval and certificate are conditional writes), and
+  // agents must get certificates even while the leader is being replaced.
+  signer?.start();
+  log.info({ metrics: controller.metricsPort, pki: cfg.pki ? `${cfg.namespace}/${cfg.pki.secretName}` : 'files' }, 'controller running');
   await new Promise<void>((resolve) => {
-    const stop = () => { controller.stop().then(resolve, resolve); };
+    const stop = () => { void signer?.stop(); controller.stop().then(resolve, resolve); };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });
