@@ -4,18 +4,18 @@
  * and the controller, all under one directory (default .devmig/), recorded in local.json.
  */
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { parse } from 'yaml';
 import { crdFiles } from '../api/crd.js';
 import { Kube } from '../controller/kube.js';
 import { alive } from '../vfio/sim/lock.js';
 import { startApiserver } from './apiserver.js';
-import { issue } from './pki.js';
+import { applyObjects, readInstallIdentity, serviceAccountToken, tokenKubeconfig, type InstallIdentity } from './identity.js';
 
 const devmigBin = fileURLToPath(new URL('../../bin/devmig.js', import.meta.url));
 
@@ -65,16 +65,19 @@ export async function localUp(o: LocalOptions, say: (t: string) => void): Promis
   await installCrds(kube);
   say('installed CRDs devicemigrations.devmig.io, devicenodes.devmig.io');
   const nodes = Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`);
-  for (const n of nodes) await createNode(kube, n);
+  const hosts = nodes.map((_, i) => `${o.loopbackPrefix ?? '127.0.0'}.${i + 2}`);
+  for (const [i, n] of nodes.entries()) await createNode(kube, n, hosts[i]!);
   say(`created Node objects ${nodes.join(', ')}`);
-  const pki = join(dir, 'pki');
-  const ticketSecret = join(dir, 'ticket.key');
-  await writeFile(ticketSecret, randomBytes(32), { mode: 0o600 });
+  // The controller and agents run as the chart's ServiceAccounts, on TokenRequest tokens, under the
+  // chart's RBAC and admission policy: what works here works on a cluster with that chart.
+  const id = await readInstallIdentity();
+  await applyObjects(kube, id.objects);
+  say(`applied the install's ServiceAccounts, RBAC and admission policy (namespace ${id.namespace})`);
+  const controller = await startController(dir, kube, id);
+  say(`started the controller (metrics ${controller.metrics}); it runs the PKI and signs the agents' certificates`);
   const agents = [];
-  for (const [i, node] of nodes.entries()) agents.push(await startAgent(dir, pki, kubeconfig, node, `${o.loopbackPrefix ?? '127.0.0'}.${i + 2}`, o));
+  for (const [i, node] of nodes.entries()) agents.push(await startAgent(dir, kube, id, node, hosts[i]!, o));
   say(`started ${agents.length} agents with ${o.devices} simulated devices of ${o.stateSize} each`);
-  const controller = await startController(dir, pki, kubeconfig, ticketSecret);
-  say(`started the controller (metrics ${controller.metrics})`);
   const state: LocalState = { dir, kubeconfig, apiserver: { pid: api.pid, server: api.server }, agents, controller };
   await writeFile(statePath(dir), JSON.stringify(state, null, 2));
   await waitAgentsReady(kube, nodes);
@@ -134,12 +137,15 @@ async function installCrds(kube: Kube): Promise<void> {
   }
 }
 
-async function createNode(kube: Kube, name: string): Promise<void> {
+/** A Node object with the agent's address, as a kubelet would report it (the CSR approval checks it). */
+async function createNode(kube: Kube, name: string, address: string): Promise<void> {
   try {
     await kube.core.createNode({ body: { metadata: { name, labels: { 'devmig.io/vfio': 'true', 'kubernetes.io/hostname': name } } } });
   } catch (e) {
     if ((e as { code?: number }).code !== 409) throw e;
   }
+  await kube.core.patchNodeStatus({ name, body: { status: { addresses: [{ type: 'InternalIP', address }, { type: 'Hostname', address: name }] } } },
+    setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
 }
 
 async function logFile(dir: string, name: string): Promise<number> {
@@ -154,26 +160,28 @@ function launch(args: string[], log: number): number {
   return child.pid;
 }
 
-async function startAgent(dir: string, pki: string, kubeconfig: string, node: string, host: string, o: LocalOptions) {
-  await issue(pki, `agent-${node}`, `agent:${node}`, { ips: [host] });
+async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: string, host: string, o: LocalOptions) {
   const home = join(dir, node);
+  await mkdir(home, { recursive: true });
+  const token = await serviceAccountToken(kube, id.namespace, id.agentServiceAccount, node);
+  const kubeconfig = await tokenKubeconfig(kube, token, `${id.agentServiceAccount}@${node}`, join(home, 'kubeconfig'));
   const cfg = {
     node, listen: { host, port: 9443 }, stateDir: join(home, 'state'),
-    tls: { ca: join(pki, 'ca.crt'), cert: join(pki, `agent-${node}.crt`), key: join(pki, `agent-${node}.key`) },
+    tls: { kubernetes: { namespace: id.namespace } },
     kube: { kubeconfig, heartbeatSeconds: 2 },
     devices: { simulated: { dir: join(home, 'sim'), devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
   };
-  await mkdir(home, { recursive: true });
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
   const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`));
   return { node, pid, endpoint: `https://${host}:9443`, simDir: join(home, 'sim'), stateDir: join(home, 'state') };
 }
 
-async function startController(dir: string, pki: string, kubeconfig: string, ticketSecretFile: string) {
-  await issue(pki, 'controller', 'controller');
+async function startController(dir: string, kube: Kube, id: InstallIdentity) {
+  const token = await serviceAccountToken(kube, id.namespace, id.controllerServiceAccount);
+  const kubeconfig = await tokenKubeconfig(kube, token, id.controllerServiceAccount, join(dir, 'controller.kubeconfig'));
   const port = await freePort();
   const cfg = {
-    kubeconfig, ticketSecretFile, tls: { ca: join(pki, 'ca.crt'), cert: join(pki, 'controller.crt'), key: join(pki, 'controller.key') },
+    kubeconfig, namespace: id.namespace, pki: { agentServiceAccount: id.agentServiceAccount },
     metrics: { host: '127.0.0.1', port }, leaderElection: { enabled: true, leaseSeconds: 15 },
   };
   const config = join(dir, 'controller.json');
