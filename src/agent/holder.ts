@@ -12,6 +12,7 @@ import { closeFds, takeFds } from './fdpass.js';
 const PID_FILE = 'holder.pid';
 const HELD_FILE = 'held.json';
 const HANDOFF_FILE = 'handoff.json';
+const HOLDER_START_MS = 30_000;
 
 export async function findHolder(stateDir: string): Promise<number | undefined> {
   const text = await readFile(join(stateDir, PID_FILE), 'utf8').catch((e: NodeJS.ErrnoException) => {
@@ -35,11 +36,15 @@ export async function ensureHolder(stateDir: string, devmigBin: string): Promise
   child.unref();
   const pid = child.pid;
   if (!pid) throw new Error('could not start the fd holder process');
-  for (let i = 0; i < 100; i++) {
+  // A node process takes a few hundred ms to start, and seconds on a loaded machine: wait for it long
+  // enough that a busy node does not fail its agent, but say so if it never comes.
+  const deadline = Date.now() + HOLDER_START_MS;
+  while (Date.now() < deadline) {
     if ((await findHolder(stateDir)) === pid) return pid;
+    if (!alive(pid)) throw new Error(`the fd holder (pid ${pid}) exited at start; run \`devmig holder --state-dir ${stateDir}\` to see why`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  throw new Error(`the fd holder (pid ${pid}) did not come up; see ${stateDir}`);
+  throw new Error(`the fd holder (pid ${pid}) did not come up in ${HOLDER_START_MS / 1000} s; see ${stateDir}`);
 }
 
 /** What the holder keeps: per device, its fds in the holder's numbering. */
@@ -65,12 +70,14 @@ export async function handOver(stateDir: string, holder: number, devices: Record
   const handoff: Handoff = { agent: process.pid, devices };
   await writeFile(join(stateDir, HANDOFF_FILE), JSON.stringify(handoff));
   process.kill(holder, 'SIGUSR2');
-  for (let i = 0; i < 200; i++) {
+  const deadline = Date.now() + HOLDER_START_MS;
+  while (Date.now() < deadline) {
     const held = await readHeld(stateDir, holder);
     if (Object.keys(devices).every((d) => held[d])) return;
+    if (!alive(holder)) throw new Error(`the fd holder (pid ${holder}) exited before it took the device fds; see ${stateDir}`);
     await new Promise((r) => setTimeout(r, 10));
   }
-  throw new Error(`the fd holder (pid ${holder}) did not take the device fds; see ${stateDir}`);
+  throw new Error(`the fd holder (pid ${holder}) did not take the device fds in ${HOLDER_START_MS / 1000} s; see ${stateDir}`);
 }
 
 /** The holder's own main loop: publish the pid, take fds when asked, hold until told to let go. */
