@@ -77,7 +77,8 @@ export async function readCsr(csrPem: string): Promise<CsrContents> {
   } catch (e) {
     throw new Error(`not a PEM certificate request: ${(e as Error).message}`);
   }
-  if (!(await csr.verify())) throw new Error('the certificate request is not signed by its own key');
+  const valid = await csr.verify().catch((e: unknown) => { throw new Error(`the certificate request does not verify: ${(e as Error).message}`); });
+  if (!valid) throw new Error('the certificate request is not signed by its own key');
   const san = csr.extensions.find((e): e is x509.SubjectAlternativeNameExtension => e instanceof x509.SubjectAlternativeNameExtension);
   const names = san?.names.items ?? [];
   const cn = csr.subjectName.getField('CN');
