@@ -48,6 +48,11 @@ export async function readInstallIdentity(path = INSTALL_MANIFEST): Promise<Inst
 
 /** Creates each object, or replaces it when it exists (so `local up` twice converges). */
 export async function applyObjects(kube: Kube, objects: Manifest[]): Promise<void> {
+  // `helm template` renders no Namespace (helm install --create-namespace makes it): make the ones used.
+  const namespaces = new Set(objects.map((o) => o.metadata.namespace).filter((n): n is string => Boolean(n)));
+  for (const name of namespaces) {
+    if (!objects.some((o) => o.kind === 'Namespace' && o.metadata.name === name)) await ignore409(kube.core.createNamespace({ body: { metadata: { name } } }));
+  }
   for (const o of objects) {
     if (o.kind === 'Namespace') {
       await ignore409(kube.core.createNamespace({ body: o }));
