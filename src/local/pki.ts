@@ -1,14 +1,11 @@
 /**
- * The devmig CA for a local environment and for tests: a CA, then certificates whose common name is
- * the identity the agents check ("controller", "agent:<node>"). On a cluster the Helm chart makes the
- * same material; here openssl does.
+ * Certificate files for tests and benchmarks that run agents without a cluster: a CA, then
+ * certificates whose common name is the identity the agents check ("controller", "agent:<node>").
+ * Made with the same code the controller's PKI uses (src/pki/x509.ts); no openssl needed.
  */
-import { execFile } from 'node:child_process';
 import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-
-const run = promisify(execFile);
+import { createCa, issue as issueCert } from '../pki/x509.js';
 
 export interface CertFiles {
   readonly ca: string;
@@ -31,8 +28,9 @@ export async function ensureCa(dir: string, name = 'devmig-ca'): Promise<{ cert:
   const cert = join(dir, 'ca.crt');
   const key = join(dir, 'ca.key');
   if (!(await exists(cert)) || !(await exists(key))) {
-    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-      '-keyout', key, '-out', cert, '-days', '3650', '-subj', `/O=devmig/CN=${name}`]);
+    const ca = await createCa(name, 3650);
+    await writeFile(key, ca.keyPem, { mode: 0o600 });
+    await writeFile(cert, ca.certPem);
   }
   return { cert, key };
 }
@@ -43,14 +41,10 @@ export async function issue(dir: string, file: string, identity: string, sans: {
   const cert = join(dir, `${file}.crt`);
   const key = join(dir, `${file}.key`);
   if (await exists(cert)) return { ca: ca.cert, cert, key };
-  const csr = join(dir, `${file}.csr`);
-  const ext = join(dir, `${file}.ext`);
-  const alt = [...(sans.ips ?? ['127.0.0.1']).map((i) => `IP:${i}`), ...(sans.dns ?? ['localhost']).map((d) => `DNS:${d}`)];
-  await writeFile(ext, `subjectAltName=${alt.join(',')}\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n`);
-  await run('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', csr,
-    '-subj', `/O=devmig/CN=${identity}`]);
-  await run('openssl', ['x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert,
-    '-days', '825', '-extfile', ext]);
+  const [caCertPem, caKeyPem] = await Promise.all([readFile(ca.cert, 'utf8'), readFile(ca.key, 'utf8')]);
+  const leaf = await issueCert({ certPem: caCertPem, keyPem: caKeyPem }, identity, 825, { ips: sans.ips ?? ['127.0.0.1'], dnsNames: sans.dns ?? ['localhost'] });
+  await writeFile(key, leaf.keyPem, { mode: 0o600 });
+  await writeFile(cert, leaf.certPem);
   return { ca: ca.cert, cert, key };
 }
 

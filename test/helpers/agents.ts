@@ -1,4 +1,4 @@
-/** Real agents for tests: a CA and certificates from openssl, agents on loopback addresses, port 0. */
+/** Real agents for tests: a CA and certificates (src/local/pki.ts), agents on loopback addresses, port 0. */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
