@@ -110,7 +110,8 @@ async function publishCa(kube: Kube, o: PkiOptions, certPem: string): Promise<vo
 export type Verdict = { approve: true; node: string } | { approve: false; reason: string; message: string };
 
 /**
- * Approves and signs agents' CSRs. Polls (a CSR is rare: one per agent per week), and acts on each
+ * Approves and signs agents' CSRs. Polls every 2 s, filtered by signer on the server (a CSR is rare:
+ * one per agent per week; client-node's informer takes no field selector), and acts on each
  * request once: approved-and-signed, denied, or failed are all final.
  */
 export class CsrSigner {
@@ -118,7 +119,7 @@ export class CsrSigner {
   private running: Promise<void> | undefined;
   private readonly certs: k8s.CertificatesV1Api;
 
-  constructor(private readonly kube: Kube, private readonly pki: Pki, private readonly o: PkiOptions, private readonly log: Logger, private readonly everyMs = 1000) {
+  constructor(private readonly kube: Kube, private readonly pki: Pki, private readonly o: PkiOptions, private readonly log: Logger, private readonly everyMs = 2000) {
     this.certs = kube.config.makeApiClient(k8s.CertificatesV1Api);
   }
 
