@@ -13,7 +13,7 @@ import type { AgentConfig } from './config.js';
 import type { AgentCertificate } from './certs.js';
 import type { AgentContext } from './context.js';
 import { openDevices } from './devices.js';
-import { ensureHolder } from './holder.js';
+import { awaitHolder, ensureHolder } from './holder.js';
 import { Journal } from './journal.js';
 import type { DeviceNodePublisher } from './publish.js';
 import { createAgentServer } from './server.js';
@@ -34,7 +34,8 @@ export class Agent {
   static async start(config: AgentConfig, opts: AgentOptions): Promise<Agent> {
     const issued = 'kubernetes' in config.tls ? await clusterCertificate(config, opts.log) : undefined;
     const tls = issued ?? (await loadTls(config));
-    const holder = config.holder ? await ensureHolder(config.stateDir, opts.devmigBin) : undefined;
+    const holder = config.holder === 'external' ? await awaitHolder(config.stateDir)
+      : config.holder ? await ensureHolder(config.stateDir, opts.devmigBin) : undefined;
     const journal = await Journal.open(config.stateDir);
     const devices = await openDevices(config, holder, opts.log);
     const ctx: AgentContext = { config, devices, journal, sessions: new SessionTable(), tls, log: opts.log, draining: false };

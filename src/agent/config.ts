@@ -47,8 +47,12 @@ export const agentConfigSchema = z.strictObject({
     }),
   ]),
   digest: z.enum(DIGEST_ALGORITHMS as unknown as ['sha256', 'crc32']).default('sha256'),
-  /** Keep device fds in a separate holder process, so an agent restart does not reset devices. */
-  holder: z.boolean().default(true),
+  /**
+   * Keep device fds in a separate holder process, so an agent restart does not reset devices: true
+   * starts one if none runs; `external` waits for one started beside the agent (a pod's second
+   * container, which outlives the agent's); false keeps none.
+   */
+  holder: z.union([z.boolean(), z.literal('external')]).default(true),
   /** Concurrent send+receive sessions this node accepts. */
   maxSessions: z.number().int().positive().default(4),
   /** How long a graceful shutdown waits for in-flight sessions. */

@@ -47,6 +47,17 @@ export async function ensureHolder(stateDir: string, devmigBin: string): Promise
   throw new Error(`the fd holder (pid ${pid}) did not come up in ${HOLDER_START_MS / 1000} s; see ${stateDir}`);
 }
 
+/** The holder another container started (holder: external): wait for its pid file, never start one. */
+export async function awaitHolder(stateDir: string): Promise<number> {
+  const deadline = Date.now() + HOLDER_START_MS;
+  while (Date.now() < deadline) {
+    const pid = await findHolder(stateDir);
+    if (pid) return pid;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`no fd holder runs for ${stateDir} after ${HOLDER_START_MS / 1000} s; with holder: external, run \`devmig holder --state-dir ${stateDir}\` beside the agent (the chart's holder container), sharing its process namespace`);
+}
+
 /** What the holder keeps: per device, its fds in the holder's numbering. */
 export interface Held {
   readonly holder: number;

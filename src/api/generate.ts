@@ -4,11 +4,14 @@ import { fileURLToPath } from 'node:url';
 import { crdFiles } from './crd.js';
 import { apiReference } from './reference.js';
 
-const dir = fileURLToPath(new URL('../../crds/', import.meta.url));
-await mkdir(dir, { recursive: true });
-for (const [file, text] of Object.entries(crdFiles())) {
-  await writeFile(`${dir}${file}`, text);
-  process.stdout.write(`wrote crds/${file}\n`);
+// The chart carries the same CRDs (Helm installs crds/ once and never upgrades them; see its README).
+for (const at of ['crds/', 'charts/devmig/crds/']) {
+  const dir = fileURLToPath(new URL(`../../${at}`, import.meta.url));
+  await mkdir(dir, { recursive: true });
+  for (const [file, text] of Object.entries(crdFiles())) {
+    await writeFile(`${dir}${file}`, text);
+    process.stdout.write(`wrote ${at}${file}\n`);
+  }
 }
 const docs = fileURLToPath(new URL('../../docs/', import.meta.url));
 await mkdir(docs, { recursive: true });

@@ -25,7 +25,7 @@ async function sourceHash(): Promise<string> {
   return h.digest('hex').slice(0, 16);
 }
 
-function goBinary(): string {
+export function goBinary(): string {
   return process.env.GO ?? (process.env.PATH?.split(':').some((p) => p === '/usr/local/go/bin') ? 'go' : '/usr/local/go/bin/go');
 }
 
@@ -41,9 +41,9 @@ export async function ensureApiserverBinary(log: (line: string) => void = () => 
   return bin;
 }
 
-function run(cmd: string, args: string[], cwd: string): Promise<void> {
+export function run(cmd: string, args: string[], cwd: string, env?: NodeJS.ProcessEnv): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'inherit', 'pipe'] });
+    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'inherit', 'pipe'], ...(env ? { env } : {}) });
     let err = '';
     child.stderr.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-4000); });
     child.on('error', (e) => reject(new Error(`${cmd} ${args.join(' ')}: ${e.message} (is Go installed? see README)`)));
