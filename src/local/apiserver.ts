@@ -17,8 +17,21 @@ export function cacheDir(): string {
   return process.env.DEVMIG_CACHE ?? join(homedir(), '.cache', 'devmig');
 }
 
+/**
+ * `go build` sets no version: the server would say v0.0.0-master, and clients that check it (helm's
+ * kubeVersion) would refuse. Stamp the version go.mod pins, as Kubernetes' own build does.
+ */
+async function ldflags(): Promise<string> {
+  const mod = await readFile(join(SOURCE, 'go.mod'), 'utf8');
+  const v = /^\s*k8s\.io\/kubernetes (v(\d+)\.(\d+)\.\d+)\s*$/m.exec(mod);
+  if (!v) throw new Error(`${SOURCE}go.mod does not require k8s.io/kubernetes vX.Y.Z`);
+  const pkg = 'k8s.io/component-base/version';
+  return `-X ${pkg}.gitVersion=${v[1]} -X ${pkg}.gitMajor=${v[2]} -X ${pkg}.gitMinor=${v[3]} -X ${pkg}.gitTreeState=clean`;
+}
+
 async function sourceHash(): Promise<string> {
   const h = createHash('sha256');
+  h.update(await ldflags());
   for (const f of (await readdir(SOURCE)).filter((f) => /\.go$|^go\.(mod|sum)$/.test(f)).sort()) {
     h.update(f).update(await readFile(join(SOURCE, f)));
   }
@@ -36,7 +49,7 @@ export async function ensureApiserverBinary(log: (line: string) => void = () => 
   await mkdir(cacheDir(), { recursive: true });
   log(`building kube-apiserver with embedded etcd from Go modules into ${bin} (the first build takes several minutes)`);
   const started = Date.now();
-  await run(goBinary(), ['build', '-o', bin, '.'], SOURCE);
+  await run(goBinary(), ['build', '-ldflags', await ldflags(), '-o', bin, '.'], SOURCE);
   log(`built in ${Math.round((Date.now() - started) / 1000)} s`);
   return bin;
 }

@@ -1,0 +1,168 @@
+/**
+ * The Helm chart: lint, schema, the security it promises, configs the product itself accepts, deploy/
+ * current, and an install into a real API server (helm built from Go modules, cached).
+ */
+import * as k8s from '@kubernetes/client-node';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse, parseAllDocuments } from 'yaml';
+import { parseAgentConfig } from '../../src/agent/config.js';
+import { crdFiles } from '../../src/api/crd.js';
+import { controllerConfigSchema } from '../../src/controller/config.js';
+import { Kube } from '../../src/controller/kube.js';
+import { startApiserver, type RunningApiserver } from '../../src/local/apiserver.js';
+import { CHART, DEPLOY, ensureHelm, helm, KUBE_VERSION, render, RENDERINGS } from '../../src/local/helm.js';
+
+interface Obj { kind: string; apiVersion: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; spec?: unknown; data?: Record<string, string> }
+
+const podSpec = (o: Obj) => (o.spec as { template: { spec: k8s.V1PodSpec } }).template.spec;
+
+const SIM = RENDERINGS['devmig-simulated.yaml']!;
+
+async function template(...set: string[]): Promise<Obj[]> {
+  const { stdout } = await helm(['template', 'devmig', CHART, '--namespace', 'devmig-system', '--kube-version', KUBE_VERSION, ...set]);
+  return parseAllDocuments(stdout).map((d) => d.toJS() as Obj).filter(Boolean);
+}
+
+async function templateError(...set: string[]): Promise<string> {
+  try {
+    await template(...set);
+  } catch (e) {
+    return (e as { stderr?: string }).stderr ?? String(e);
+  }
+  throw new Error(`helm template ${set.join(' ')} was accepted`);
+}
+
+const find = (docs: Obj[], kind: string, component?: string) => {
+  const o = docs.find((d) => d.kind === kind && (!component || d.metadata.labels?.['app.kubernetes.io/component'] === component));
+  if (!o) throw new Error(`no ${kind}${component ? ` (${component})` : ''} rendered`);
+  return o;
+};
+
+beforeAll(async () => {
+  await ensureHelm((l) => process.stderr.write(`${l}\n`));
+}, 15 * 60_000);
+
+it('passes helm lint --strict, with real and with simulated devices', async () => {
+  for (const set of [[], SIM, ['--set', 'controller.replicas=3', '--set', 'agent.simulated.enabled=true']]) {
+    const { stdout } = await helm(['lint', '--strict', CHART, '--kube-version', KUBE_VERSION, ...set]);
+    expect(stdout).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+  }
+}, 60_000);
+
+it('values are checked: a typo, a bad number, or no devices at all is refused, naming the key', async () => {
+  expect(await templateError('--set', 'controler.replicas=2')).toMatch(/additional properties 'controler' not allowed/);
+  expect(await templateError('--set', 'controller.replicas=0')).toMatch(/\/controller\/replicas.*minimum/);
+  expect(await templateError('--set', 'agent.digest=md5')).toMatch(/\/agent\/digest/);
+  expect(await templateError('--set', 'agent.simulated.stateSize=lots')).toMatch(/\/agent\/simulated\/stateSize/);
+  expect(await templateError('--set', 'agent.kernel.enabled=false')).toMatch(/set agent.kernel.enabled .* or agent.simulated.enabled/);
+}, 60_000);
+
+describe('what it renders', () => {
+  let real: Obj[];
+  let sim: Obj[];
+  beforeAll(async () => {
+    [real, sim] = await Promise.all([template(), template(...SIM)]);
+  }, 60_000);
+
+  it('the controller pod meets restricted Pod Security', () => {
+    for (const docs of [real, sim]) {
+      const pod = podSpec(find(docs, 'Deployment', 'controller'));
+      expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+      expect(pod.hostNetwork).toBeFalsy();
+      for (const c of pod.containers) {
+        expect(c.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+      }
+      expect((pod.volumes ?? []).every((v) => !v.hostPath)).toBe(true);
+    }
+  });
+
+  it('the agent is privileged on the host only for real devices; simulated, it is restricted', () => {
+    const k = podSpec(find(real, 'DaemonSet', 'agent'));
+    expect(k.hostNetwork).toBe(true);
+    expect(k.containers.map((c) => c.securityContext?.privileged)).toEqual([true, true]);
+    expect(k.nodeSelector).toEqual({ 'devmig.io/vfio': 'true' });
+    expect((k.volumes ?? []).map((v) => v.hostPath?.path).filter(Boolean)).toEqual(['/var/lib/devmig', '/dev', '/sys']);
+    const s = podSpec(find(sim, 'DaemonSet', 'agent'));
+    expect(s.hostNetwork).toBe(false);
+    expect(s.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532, seccompProfile: { type: 'RuntimeDefault' } });
+    for (const c of s.containers) {
+      expect(c.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+    }
+    expect((s.volumes ?? []).every((v) => !v.hostPath)).toBe(true);
+    // The holder is the pod's second container, and sees the agent's processes.
+    expect(s.shareProcessNamespace).toBe(true);
+    expect(s.containers.map((c) => c.args?.[0])).toEqual(['agent', 'holder']);
+  });
+
+  it('its config files are ones the controller and agent accept, and leader election follows replicas', async () => {
+    const cfg = (docs: Obj[], component: string, file: string) => parse(find(docs, 'ConfigMap', component).data![file]!) as Record<string, unknown>;
+    const one = controllerConfigSchema.parse(cfg(real, 'controller', 'controller.yaml'));
+    expect(one).toMatchObject({ namespace: 'devmig-system', pki: { agentServiceAccount: 'devmig-agent', signerName: 'devmig.io/agent' }, leaderElection: { enabled: false } });
+    expect(controllerConfigSchema.parse(cfg(await template('--set', 'controller.replicas=2'), 'controller', 'controller.yaml')).leaderElection.enabled).toBe(true);
+    const agent = parseAgentConfig({ ...cfg(real, 'agent', 'agent.yaml'), node: 'node-1' });
+    expect(agent).toMatchObject({ holder: 'external', tls: { kubernetes: { namespace: 'devmig-system' } }, devices: { kernel: { sysfs: '/sys' } } });
+    const simAgent = parseAgentConfig({ ...cfg(sim, 'agent', 'agent.yaml'), node: 'node-1' });
+    expect(simAgent.devices.kernel).toBeUndefined();
+    expect(simAgent.devices.simulated?.devices.map((d) => d.name)).toEqual(['sim-0', 'sim-1']);
+  });
+
+  it('every object carries the common labels, and the agent may only be its own node', () => {
+    for (const o of [...real, ...sim]) {
+      expect(o.metadata.labels).toMatchObject({ 'app.kubernetes.io/name': 'devmig', 'app.kubernetes.io/instance': 'devmig', 'app.kubernetes.io/managed-by': 'Helm' });
+    }
+    const vap = find(real, 'ValidatingAdmissionPolicy');
+    expect((vap.spec as { matchConditions: Array<{ expression: string }> }).matchConditions[0]!.expression).toContain("'system:serviceaccount:devmig-system:devmig-agent'");
+    const agentRole = real.find((d) => d.kind === 'ClusterRole' && d.metadata.name === 'devmig-agent')!;
+    expect(JSON.stringify(agentRole)).not.toMatch(/devicemigrations|secrets|"\*"/);
+  });
+});
+
+it('the chart\'s CRDs are the generated ones', async () => {
+  const files = crdFiles();
+  expect((await readdir(join(CHART, 'crds'))).sort()).toEqual(Object.keys(files).sort());
+  for (const [f, text] of Object.entries(files)) expect(await readFile(join(CHART, 'crds', f), 'utf8')).toBe(text);
+});
+
+it('deploy/ is what `npm run render` writes', async () => {
+  for (const f of Object.keys(RENDERINGS)) expect(await readFile(join(DEPLOY, f), 'utf8')).toBe(await render(f));
+}, 60_000);
+
+describe('on a real API server', () => {
+  let dir: string;
+  let api: RunningApiserver;
+  let kube: Kube;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'devmig-chart-'));
+    api = await startApiserver({ dataDir: join(dir, 'apiserver') });
+    kube = Kube.fromFile(api.kubeconfig);
+  }, 10 * 60_000);
+  afterAll(async () => {
+    await api?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('the API server accepts every object of the simulated rendering before install (server-side dry run)', async () => {
+    const docs = parseAllDocuments(await readFile(join(DEPLOY, 'devmig-simulated.yaml'), 'utf8')).map((d) => d.toJS() as Obj).filter(Boolean);
+    const objects = k8s.KubernetesObjectApi.makeApiClient(kube.config);
+    await kube.core.createNamespace({ body: { metadata: { name: 'devmig-system' } } }).catch((e: { code?: number }) => {
+      if (e.code !== 409) throw e;
+    });
+    for (const o of docs) {
+      // Server-side apply in dry-run: the whole object validated by the server, nothing stored.
+      await objects.patch(o, undefined, 'All', 'devmig-test', true, k8s.PatchStrategy.ServerSideApply);
+    }
+    expect(docs.length).toBeGreaterThan(10);
+  }, 60_000);
+  it('helm install puts the CRDs and every object in place', async () => {
+    const { stdout } = await helm(['install', 'devmig', CHART, '--namespace', 'devmig-system', '--create-namespace', '--kubeconfig', api.kubeconfig]);
+    expect(stdout).toMatch(/STATUS: deployed/);
+    const apps = kube.config.makeApiClient(k8s.AppsV1Api);
+    expect((await apps.readNamespacedDeployment({ name: 'devmig-controller', namespace: 'devmig-system' })).spec?.replicas).toBe(1);
+    expect((await apps.readNamespacedDaemonSet({ name: 'devmig-agent', namespace: 'devmig-system' })).spec?.template.spec?.hostNetwork).toBe(true);
+    await kube.custom.getClusterCustomObject({ group: 'apiextensions.k8s.io', version: 'v1', plural: 'customresourcedefinitions', name: 'devicemigrations.devmig.io' });
+    const vap = await kube.custom.getClusterCustomObject({ group: 'admissionregistration.k8s.io', version: 'v1', plural: 'validatingadmissionpolicies', name: 'devmig-agent-own-devicenode' }) as { status?: { typeChecking?: { expressionWarnings?: unknown[] } } };
+    expect(vap).toBeTruthy();
+  }, 120_000);
+});
