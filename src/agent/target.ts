@@ -10,7 +10,7 @@ import type { ResumeStream } from '../vfio/device.js';
 import type { CommitRequest, ReceiveRequest } from './api.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
 import { AgentError } from './errors.js';
-import { sameTicket, type Identity } from './identity.js';
+import { describeIdentity, sameTicket, type Identity } from './identity.js';
 import { finish, type ReceiveSession } from './sessions.js';
 
 export async function prepareReceive(ctx: AgentContext, device: string, req: ReceiveRequest): Promise<Reply> {
@@ -62,11 +62,13 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
 function admit(ctx: AgentContext, who: Identity, migration: string, headers: IncomingHttpHeaders): ReceiveSession & { resume: ResumeStream } {
   const device = String(headers[Wire.device] ?? '');
   const ticket = String(headers[Wire.ticket] ?? '');
+  // Who may push at all comes first: only agents send streams, whatever session exists.
+  if (who.kind !== 'agent') throw new AgentError(403, 'Forbidden', `only a source node's agent may send a stream, not ${describeIdentity(who)}`);
   const s = ctx.sessions.get(migration, device);
   if (!s || s.role !== 'target') {
     throw new AgentError(403, 'TicketRefused', `no receive session for migration ${migration} on device "${device}": the ticket is not valid here`);
   }
-  if (who.kind !== 'agent' || who.node !== s.sourceNode) {
+  if (who.node !== s.sourceNode) {
     throw new AgentError(403, 'Forbidden', `only the agent of node ${s.sourceNode} may send migration ${migration}`);
   }
   if (!sameTicket(ticket, s.ticket)) throw new AgentError(403, 'TicketRefused', `wrong ticket for migration ${migration} on ${device}`);
