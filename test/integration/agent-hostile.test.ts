@@ -9,6 +9,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { connect } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import type { Agent } from '../../src/agent/agent.js';
 import { clientOptions } from '../../src/relay/h2.js';
 import { agentConfig, makePki, startAgent, type Pki } from '../helpers/agents.js';
@@ -107,6 +108,24 @@ it.each(rows)('%s is refused and writes nothing', async (_what, as, method, path
   for (const d of view.devices) expect(d).toMatchObject({ state: 'RUNNING' });
   for (const d of view.devices) expect(d.migration).toBeUndefined();
 });
+
+it('fuzz: arbitrary JSON to every control endpoint is answered 4xx (never 5xx), and writes nothing', async () => {
+  const seed = Number(process.env.DEVMIG_FUZZ_SEED ?? 20261125);
+  const before = await snapshot();
+  const paths = ['/v1/devices/sim-0/state', '/v1/devices/sim-0/reset', '/v1/devices/sim-0/release', '/v1/devices/sim-1/receive',
+    '/v1/devices/sim-1/send', '/v1/devices/sim-0/commit', '/v1/migrations/m/cancel'];
+  // Arbitrary JSON, and requests that are almost right: one field replaced by arbitrary JSON.
+  const almost = fc.tuple(fc.constantFrom('migration', 'op', 'state', 'ticket', 'sourceNode', 'target', 'reason', 'x'), fc.jsonValue())
+    .map(([k, v]) => ({ migration: 'm', op: 'a', [k]: v }));
+  await fc.assert(fc.asyncProperty(fc.constantFrom(...paths), fc.oneof(fc.jsonValue(), almost), async (path, input) => {
+    const r = await send('agent', 'POST', path, JSON.stringify(input));
+    expect(r.status).toBe(403); // an agent may drive nothing, whatever it sends
+    const c = await send('controller', 'POST', path.replace('sim-0', 'sim-9'), JSON.stringify(input));
+    expect(c.status).toBeGreaterThanOrEqual(400);
+    expect(c.status).toBeLessThan(500);
+  }), { seed, numRuns: Number(process.env.DEVMIG_FUZZ_RUNS ?? 150) });
+  expect(await snapshot()).toEqual(before);
+}, 120_000);
 
 it('the agent still serves after all of it', async () => {
   expect((await send('none', 'GET', '/healthz')).status).toBe(200);

@@ -94,6 +94,11 @@ export class SimResumeSession implements ResumeStream {
     const h = decodeHeader(this.head);
     if (typeof h === 'string') return this.fail(h);
     const t = this.target;
+    // Every header byte is checked: a stream whose header was altered anywhere is not this stream.
+    if (h.pageCount !== t.pageCount && h.stateSize === t.stateSize && h.pageSize === t.pageSize) {
+      return this.fail(`the stream is corrupt: its header counts ${h.pageCount} pages, the state has ${t.pageCount}`);
+    }
+    if (this.head.subarray(24, HEADER_SIZE).some((b) => b !== 0)) return this.fail('the stream is corrupt: reserved header bytes are not zero');
     if (h.stateSize !== t.stateSize || h.pageSize !== t.pageSize) {
       return this.fail(`incompatible device: the stream holds ${formatBytes(h.stateSize)} of state in ${formatBytes(h.pageSize)} pages, ` +
         `this device holds ${formatBytes(t.stateSize)} in ${formatBytes(t.pageSize)} pages`);
@@ -102,7 +107,9 @@ export class SimResumeSession implements ResumeStream {
   }
 
   private startRecord(r: RecordHeader): void {
+    if (this.head.subarray(1, 4).some((b) => b !== 0)) return this.fail(`the stream is corrupt: a record's padding is not zero at byte ${this.written}`);
     if (r.type === RecordType.END) {
+      if (r.index !== this.target.pageCount) return this.fail(`the stream is corrupt: the end record counts ${r.index} pages, the state has ${this.target.pageCount}`);
       this.endCheck = { records: r.length, crc: r.crc };
       return;
     }
