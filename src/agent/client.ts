@@ -54,9 +54,18 @@ export class AgentClient {
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
     const session = await this.connect();
     const req = session.request({ ':method': method, ':path': path, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) });
-    req.setTimeout(this.timeoutMs, () => req.close());
+    const what = `${this.endpoint} ${method} ${path}`;
+    // Every way a request can end must settle it: an answer, an error, a timeout, or a stream that
+    // closes without either (its peer died, its session went away). A close() alone emits no error,
+    // and waiting for a response that never comes hung a reconcile pass forever.
+    req.setTimeout(this.timeoutMs, () => req.destroy(new Error(`${what}: no answer in ${this.timeoutMs} ms`)));
+    const answered = new Promise<Record<string, string | number>>((resolve, reject) => {
+      req.once('response', resolve);
+      req.once('error', reject);
+      req.once('close', () => reject(new Error(`${what}: the stream closed without an answer (HTTP/2 code ${req.rstCode ?? '?'}); the agent may have restarted`)));
+    });
     req.end(body !== undefined ? JSON.stringify(body) : undefined);
-    const [headers] = (await once(req, 'response')) as [Record<string, string | number>];
+    const headers = await answered;
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const status = Number(headers[':status']);
