@@ -97,6 +97,17 @@ describe('simulated migration driver', () => {
     expect((await simDigest(dir, 'dst')).sha256).toBe(dstBefore.sha256);
   });
 
+  it('a slow arc takes its delay, succeeds, and fires only its `times`', async () => {
+    const d = await device('slow', { faults: [{ arc: 'RUNNING>RUNNING_P2P', delayMs: 300, times: 1 }] });
+    const first = await d.setState('STOP');
+    expect(first.error).toBeUndefined();
+    expect(first.arcs[0]).toMatchObject({ from: 'RUNNING', to: 'RUNNING_P2P', result: 'Succeeded' });
+    expect(first.arcs[0]!.durationMs).toBeGreaterThanOrEqual(290);
+    await d.setState('RUNNING');
+    const again = await d.setState('STOP');
+    expect(again.arcs[0]!.durationMs).toBeLessThan(200);
+  });
+
   it('ERROR is left only by reset, which brings it back RUNNING', async () => {
     const dst = await device('dst', { resumeFailure: 'ERROR' });
     await dst.setState('RESUMING');

@@ -13,7 +13,7 @@ import { DeviceError, type DataStream, type MigrationDevice, type PrecopyInfo, t
 import type { Arc } from '../planner.js';
 import { MigFlag, type MigStateName } from '../uapi.js';
 import { walkTo, type ArcStepper } from '../walk.js';
-import { isArcFault, readFaultFile, takeArcFault, type Fault, type StreamFault } from './faults.js';
+import { isStreamFault, readFaultFile, takeArcFault, takeSlowArc, type Fault, type StreamFault } from './faults.js';
 import { SimResumeSession } from './resume.js';
 import { SimSaveSession } from './save.js';
 import { acquireLock, releaseLock } from './lock.js';
@@ -179,12 +179,14 @@ export class SimDevice implements MigrationDevice, ArcStepper {
   /** One arc, as a driver's migration_set_state() step would do it. */
   async step(arc: Arc): Promise<DataStream | undefined> {
     const faults = await this.faults();
+    const slow = takeSlowArc(faults, this.used, arc.from, arc.to);
+    if (slow) await new Promise((r) => setTimeout(r, slow.delayMs));
     const fault = takeArcFault(faults, this.used, arc.from, arc.to);
     if (fault) {
       if (fault.then === 'ERROR') await this.enter('ERROR');
       throw new DeviceError(fault.errno, `${this.name}: injected fault: ${arc.from} -> ${arc.to} failed with ${fault.errno}`, this.name);
     }
-    const stream = await this.effect(arc, faults.filter((f): f is StreamFault => !isArcFault(f)));
+    const stream = await this.effect(arc, faults.filter(isStreamFault));
     await this.enter(arc.to);
     return stream;
   }
