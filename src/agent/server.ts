@@ -50,7 +50,12 @@ const routes: Route[] = [
   },
   {
     method: 'GET', path: /^\/v1\/devices$/, who: 'cluster',
-    handle: async (ctx) => ({ status: 200, body: { node: ctx.config.node, devices: await Promise.all(ctx.devices.list().map((d) => deviceView(ctx, d.name))) } }),
+    handle: async (ctx) => ({ status: 200, body: {
+      node: ctx.config.node,
+      // How busy the node is against its limit: the controller backs off on 429, people see why.
+      sessions: { active: ctx.sessions.active().length, max: ctx.config.maxSessions },
+      devices: await Promise.all(ctx.devices.list().map((d) => deviceView(ctx, d.name))),
+    } }),
   },
   { method: 'GET', path: /^\/v1\/devices\/([^/]+)$/, who: 'cluster', handle: async (ctx, r) => ({ status: 200, body: await deviceView(ctx, r.params[0]!) }) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/state$/, who: 'controller', handle: (ctx, r) => setState(ctx, r.params[0]!, json(setStateRequest, r.body)) },
