@@ -3,6 +3,7 @@
  * agent in the background; report progress; never decide on its own to run the device again once
  * every byte has left (the target may then commit; only the controller knows).
  */
+import { RelayError } from '../relay/errors.js';
 import { sendStream, SendFailure } from '../relay/sender.js';
 import type { MigrationDevice, SaveStream, SetStateResult } from '../vfio/device.js';
 import type { SendRequest } from './api.js';
@@ -72,7 +73,9 @@ async function run(ctx: AgentContext, s: SendSession, save: SaveStream, req: Sen
   } catch (e) {
     const f = e instanceof SendFailure ? e : undefined;
     s.allSent = f?.allSent ?? false;
-    const code = f?.code ?? 'Internal';
+    // Every failure of the relay has its code (the target could not be reached, refused, cut...);
+    // only a bug of ours is Internal.
+    const code = e instanceof RelayError ? e.code : 'Internal';
     finish(s, code === 'Cancelled' ? 'Cancelled' : 'Failed', { code, message: (e as Error).message });
     await ctx.journal.step(s.device, { step: s.allSent ? 'send:unknown' : 'send:failed' });
     log.warn({ code, allSent: s.allSent, bytes: s.bytes }, `send failed: ${(e as Error).message}`);
