@@ -1,0 +1,59 @@
+/**
+ * What every fault scenario checks at its end, and the table each fault test prints: DESIGN.md's
+ * invariants on the final state of a migration and its two devices.
+ */
+import type { DeviceMigration, Kube } from '../../src/controller/kube.js';
+import type { SimDigest } from '../../src/vfio/sim/digest.js';
+import { until } from './agents.js';
+
+export const FINAL = ['Succeeded', 'RolledBack', 'Failed', 'Cancelled'];
+
+/** Waits for a final phase; a timeout says the status it stalled in (the whole diagnosis). */
+export async function settled(kube: Kube, name: string, timeoutMs = 120_000): Promise<DeviceMigration> {
+  return until<DeviceMigration>(`${name} final`, async () => {
+    const x = await kube.getMigration(name);
+    return x?.status?.phase && FINAL.includes(x.status.phase) ? x : undefined;
+  }, timeoutMs, 100).catch(async (e: Error) => {
+    const x = await kube.getMigration(name);
+    const { arcs, ...rest } = x?.status ?? {};
+    throw new Error(`${e.message}; status: ${JSON.stringify({ ...rest, lastArcs: (arcs ?? []).slice(-4) })}`);
+  });
+}
+
+export interface Expect {
+  /** The source's state may be lost (it fell into ERROR and only a reset leaves that). */
+  readonly sourceMayBeLost?: boolean;
+  /** Outcomes this scenario may end in (default: Succeeded or RolledBack). */
+  readonly outcomes?: string[];
+}
+
+/**
+ * Never two runners of the state; Succeeded means the target runs it; otherwise the source runs it
+ * unchanged (unless it was lost to ERROR, which status must then say) and status says why.
+ * Returns the checks made, for the table.
+ */
+export function checkInvariants(m: DeviceMigration, before: SimDigest, src: SimDigest, dst: SimDigest, x: Expect = {}): string[] {
+  const checks: string[] = [];
+  const both = src.state === 'RUNNING' && dst.state === 'RUNNING' && src.sha256 === before.sha256 && dst.sha256 === before.sha256;
+  expect(both).toBe(false); checks.push('never two runners');
+  expect(x.outcomes ?? ['Succeeded', 'RolledBack']).toContain(m.status?.phase);
+  if (m.status?.phase === 'Succeeded') {
+    expect(dst).toMatchObject({ state: 'RUNNING', sha256: before.sha256 }); checks.push('target has the state');
+    return checks;
+  }
+  if (x.sourceMayBeLost) {
+    expect(m.status?.failure?.message ?? '').toMatch(/ERROR|reset/); checks.push('status says the source state was lost');
+  } else {
+    expect(src).toMatchObject({ state: 'RUNNING', sha256: before.sha256 }); checks.push('source RUNNING, digest unchanged');
+  }
+  expect(m.status?.failure?.reason).toBeTruthy(); checks.push('status says why');
+  return checks;
+}
+
+export function row(name: string, m: DeviceMigration, checks: string[], started: number): string[] {
+  return [name, `${m.status?.phase}${m.status?.failure ? ` (${m.status.failure.reason})` : ''}`, checks.join(', '), ((Date.now() - started) / 1000).toFixed(1)];
+}
+
+export function table(rows: string[][]): string {
+  return `\n${['SCENARIO', 'OUTCOME', 'INVARIANTS', 'SECONDS'].join(' | ')}\n${rows.map((r) => r.join(' | ')).join('\n')}\n`;
+}
