@@ -63,6 +63,8 @@ export interface SessionView {
   readonly finishedAt?: string;
   readonly error?: { readonly code: string; readonly message: string };
   readonly precopy?: { readonly initialBytes: number; readonly dirtyBytes: number };
+  /** Source, while streaming: what the device still has to send (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE). */
+  readonly remainingBytes?: number;
 }
 
 export interface DeviceView {

@@ -53,13 +53,17 @@ export async function migrationView(ctx: AgentContext, migration: string): Promi
   for (const s of ctx.sessions.forMigration(migration)) {
     const view = viewOf(s);
     const d = ctx.devices.get(s.device);
-    const inPrecopy = d && (await d.device.getState()).startsWith('PRE_COPY');
-    if (inPrecopy && s.role === 'source' && isActive(s)) {
-      const p = await d.device.precopyInfo();
-      sessions.push({ ...view, precopy: { initialBytes: Number(p.initialBytes), dirtyBytes: Number(p.dirtyBytes) } });
-    } else {
+    if (!d || s.role !== 'source' || !isActive(s)) {
       sessions.push(view);
+      continue;
     }
+    // A driver may not know (or refuse) an estimate at a given moment: the view goes without it.
+    const state = await d.device.getState();
+    const precopy = state.startsWith('PRE_COPY')
+      ? await d.device.precopyInfo().then((p) => ({ initialBytes: Number(p.initialBytes), dirtyBytes: Number(p.dirtyBytes) }), () => undefined)
+      : undefined;
+    const remaining = await d.device.stopCopySize().then(Number, () => undefined);
+    sessions.push({ ...view, ...(precopy ? { precopy } : {}), ...(remaining !== undefined ? { remainingBytes: remaining } : {}) });
   }
   // Devices whose journal names this migration but whose session died with an earlier agent process.
   for (const e of ctx.journal.all()) {

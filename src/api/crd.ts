@@ -53,7 +53,8 @@ const migration: Kind = {
   specRules: [
     {
       rule: 'self.source == oldSelf.source && self.target == oldSelf.target && self.strategy == oldSelf.strategy && '
-        + 'has(self.limits) == has(oldSelf.limits) && (!has(self.limits) || self.limits == oldSelf.limits)',
+        + 'has(self.limits) == has(oldSelf.limits) && (!has(self.limits) || self.limits == oldSelf.limits) && '
+        + 'has(self.precopy) == has(oldSelf.precopy) && (!has(self.precopy) || self.precopy == oldSelf.precopy)',
       message: 'spec is immutable once created, except spec.cancel: delete the DeviceMigration and create a new one',
     },
     { rule: '!oldSelf.cancel || self.cancel', message: 'spec.cancel cannot be set back to false once true' },
@@ -67,6 +68,7 @@ const migration: Kind = {
     'limits.bandwidth': [{ rule: "quantity(self).isGreaterThan(quantity('0'))", message: 'spec.limits.bandwidth must be positive, e.g. 500Mi' }],
     'limits.timeout': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.timeout must be positive, e.g. 10m' }],
     'limits.maxDowntime': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.maxDowntime must be positive, e.g. 300ms' }],
+    'precopy.maxDuration': [{ rule: "duration(self) > duration('0s')", message: 'spec.precopy.maxDuration must be positive, e.g. 5m' }],
   },
   columns: [
     { name: 'Source', type: 'string', jsonPath: '.spec.source.node' },

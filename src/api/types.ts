@@ -28,6 +28,11 @@ export const deviceMigrationSpec = z.strictObject({
     timeout: duration.optional().describe('How long the whole migration may take before it is rolled back.'),
     maxDowntime: duration.optional().describe('PreCopy: switch to STOP_COPY once the rest fits in this much downtime.'),
   }).optional(),
+  precopy: z.strictObject({
+    maxDuration: duration.default('5m').describe('How long PRE_COPY may stream before the convergence limit applies.'),
+    onNoConvergence: z.enum(['StopCopy', 'Fail']).default('StopCopy')
+      .describe('At the limit: StopCopy stops the device anyway (longer downtime); Fail rolls back, the source keeps running.'),
+  }).optional().describe('PreCopy: when to give up waiting for the remaining state to fit in maxDowntime.'),
   cancel: z.boolean().default(false).describe('Set to true to roll the migration back (the only field that may change).'),
 });
 
@@ -58,8 +63,20 @@ export const deviceMigrationStatus = z.strictObject({
   phase: z.enum(phases).optional(),
   conditions: z.array(condition).optional(),
   arcs: z.array(arcRecord).optional(),
-  transfer: z.strictObject({ bytes: z.number().int(), expectedBytes: z.number().int().optional(), digest: z.string().optional() }).optional(),
-  progress: z.string().optional().describe('Percent of the expected bytes moved, for printer columns.'),
+  transfer: z.strictObject({
+    bytes: z.number().int(),
+    expectedBytes: z.number().int().optional().describe('Bytes sent plus what the source still has to send (it grows while PRE_COPY runs).'),
+    rate: z.number().int().optional().describe('Measured bytes per second of the stream.'),
+    observedAt: time.optional(),
+    digest: z.string().optional(),
+  }).optional(),
+  progress: z.string().optional().describe('Percent of the expected bytes moved; it never goes down.'),
+  convergence: z.strictObject({
+    reason: z.enum(['Converged', 'LimitReached']),
+    message: z.string(),
+    estimatedDowntimeMs: z.number().int().optional(),
+  }).optional().describe('PreCopy: why it switched to STOP_COPY.'),
+  precopyStartedAt: time.optional(),
   targetDevice: name.optional().describe('The target device, chosen or given.'),
   /** The write-ahead log: the step the controller has decided on, recorded before it acts. */
   step: z.string().optional(),

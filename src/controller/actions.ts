@@ -78,7 +78,8 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
         target: { node: m.spec.target.node, device: targetDevice, endpoint: peers.targetNode.spec.endpoint },
       }));
       // With STOP_COPY the source stops here: downtime starts when its arc to STOP began.
-      return c.precopy ? o : { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP') ?? new Date(c.now).toISOString() } };
+      return c.precopy ? { ...o, status: { precopyStartedAt: new Date(c.now).toISOString() } }
+        : { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP') ?? new Date(c.now).toISOString() } };
     }
     case 'Streaming':
       return observe(c);
@@ -130,24 +131,66 @@ async function observe(c: StepContext): Promise<Outcome> {
   }
   const s = view.sessions.find((x) => x.role === 'source' && x.device === c.m.spec.source.device);
   if (!s) return { event: { kind: 'failed', reason: 'NoSession', message: 'the source agent has no session for this migration' } };
-  const transfer = { bytes: s.bytes, ...(s.digest ? { digest: s.digest } : {}) };
+  const transfer = measure(c, s.bytes, s.remainingBytes, s.digest);
   if (s.phase === 'Verified') return { event: { kind: 'verified' }, status: { transfer } };
   if (s.phase === 'Failed' || s.phase === 'Cancelled' || s.phase === 'Interrupted') {
     if (s.allSent && (await targetVerified(c))) return { event: { kind: 'verified' }, status: { transfer } };
     return { event: { kind: 'failed', reason: s.error?.code ?? 'StreamFailed', message: s.error?.message ?? `the stream ${s.phase.toLowerCase()}` }, status: { transfer } };
   }
-  if (c.precopy && !(c.m.status)?.stopCopyAt && s.precopy && converged(c, s.precopy)) {
-    return { event: { kind: 'converged' }, status: { transfer } };
+  if (c.precopy && !c.m.status?.stopCopyAt && s.precopy) {
+    const d = convergence(c, s.precopy, transfer.rate);
+    if (d) return { ...d, status: { transfer, ...(d.status ?? {}) } };
   }
   return { event: { kind: 'streaming' }, status: { transfer } };
 }
 
-/** PRE_COPY may stop once the initial bytes are out and what is dirty fits the allowed downtime. */
-function converged(c: StepContext, p: { initialBytes: number; dirtyBytes: number }): boolean {
-  if (p.initialBytes > 0) return false;
+/**
+ * Bytes, the measured rate (a moving average over the controller's looks, so one slow look does not
+ * swing it), and the total expected: what was sent plus what the device says is left.
+ */
+function measure(c: StepContext, bytes: number, remaining: number | undefined, digest: string | undefined) {
+  const prev = c.m.status?.transfer;
+  const at = new Date(c.now).toISOString();
+  let rate = prev?.rate;
+  if (prev?.observedAt && bytes >= prev.bytes) {
+    const dt = (c.now - Date.parse(prev.observedAt)) / 1000;
+    if (dt >= 0.2) {
+      const now = (bytes - prev.bytes) / dt;
+      rate = Math.round(rate === undefined ? now : 0.5 * rate + 0.5 * now);
+    } else {
+      return { ...prev, bytes, ...(digest ? { digest } : {}) };
+    }
+  }
+  const expected = remaining !== undefined ? bytes + remaining : prev?.expectedBytes;
+  return { bytes, observedAt: at, ...(rate !== undefined ? { rate } : {}), ...(expected !== undefined ? { expectedBytes: Math.max(expected, bytes) } : {}), ...(digest ? { digest } : {}) };
+}
+
+/**
+ * PRE_COPY may stop once the initial bytes are out and what STOP_COPY would still send, at the rate
+ * measured, fits spec.limits.maxDowntime; or, at spec.precopy.maxDuration, as spec.precopy says:
+ * stop anyway, or fail (the source never stopped, it keeps running).
+ */
+function convergence(c: StepContext, p: { initialBytes: number; dirtyBytes: number }, measured: number | undefined): Outcome | undefined {
   const allowedMs = c.m.spec.limits?.maxDowntime ? parseDuration(c.m.spec.limits.maxDowntime) : 300;
-  const rate = c.m.spec.limits?.bandwidth ? parseQuantity(c.m.spec.limits.bandwidth) : 200 * 2 ** 20;
-  return (p.dirtyBytes / rate) * 1000 <= allowedMs;
+  const cap = c.m.spec.limits?.bandwidth ? parseQuantity(c.m.spec.limits.bandwidth) : undefined;
+  // Until a rate is measured, the bandwidth cap is the best guess; then the measured rate (never above the cap).
+  const rate = measured !== undefined && measured > 0 ? Math.min(measured, cap ?? measured) : cap;
+  const estimate = rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
+  if (p.initialBytes === 0 && estimate !== undefined && estimate <= allowedMs) {
+    return { event: { kind: 'converged' }, status: { convergence: {
+      reason: 'Converged', estimatedDowntimeMs: estimate,
+      message: `${p.dirtyBytes} dirty bytes at ${rate} B/s: about ${estimate} ms of downtime, within maxDowntime ${allowedMs} ms`,
+    } } };
+  }
+  const policy = { maxDuration: c.m.spec.precopy?.maxDuration ?? '5m', onNoConvergence: c.m.spec.precopy?.onNoConvergence ?? 'StopCopy' };
+  const since = c.m.status?.precopyStartedAt ? Date.parse(c.m.status.precopyStartedAt) : c.now;
+  if (c.now - since < parseDuration(policy.maxDuration)) return undefined;
+  const why = `PRE_COPY did not converge in ${policy.maxDuration}: ${p.initialBytes} initial and ${p.dirtyBytes} dirty bytes left` +
+    (estimate !== undefined ? `, about ${estimate} ms of downtime at ${rate} B/s` : ', no rate measured') + `, above maxDowntime ${allowedMs} ms`;
+  if (policy.onNoConvergence === 'Fail') {
+    return { event: { kind: 'failed', reason: 'NoConvergence', message: `${why}; spec.precopy.onNoConvergence is Fail: rolled back, the source keeps running` } };
+  }
+  return { event: { kind: 'converged' }, status: { convergence: { reason: 'LimitReached', message: `${why}; stopping anyway (spec.precopy.onNoConvergence: StopCopy)`, ...(estimate !== undefined ? { estimatedDowntimeMs: estimate } : {}) } } };
 }
 
 async function targetVerified(c: StepContext): Promise<boolean> {

@@ -52,6 +52,20 @@ function appendArcs(have: ArcRecord[], more: ArcRecord[]): ArcRecord[] {
   return [...have, ...more.filter((a) => !seen.has(key(a)))].slice(-MAX_ARCS);
 }
 
+/**
+ * Percent of the expected bytes moved, and never less than before: while PRE_COPY runs the workload
+ * dirties pages and the expected total grows, but a person watching must not see progress go back.
+ * Below 100% until the target runs; 100% once it does.
+ */
+export function progressOf(previous: string | undefined, s: DeviceMigrationStatus, step: Step): string | undefined {
+  const before = previous ? Number.parseInt(previous, 10) : 0;
+  if (step === 'Succeeded') return '100%';
+  const t = s.transfer;
+  const now = t?.expectedBytes ? Math.min(99, Math.floor((t.bytes / t.expectedBytes) * 100)) : 0;
+  const p = Math.max(before, now);
+  return p > 0 || previous ? `${p}%` : undefined;
+}
+
 export class Reconciler {
   private readonly clients = new Map<string, AgentClient>();
   constructor(private readonly d: ReconcilerDeps) {}
@@ -149,9 +163,7 @@ export class Reconciler {
       conditions: this.conditions(m, status.conditions ?? [], t, phase),
       ...(failure ? { failure } : {}),
     };
-    if (s.transfer?.bytes !== undefined && s.transfer.expectedBytes) {
-      s.progress = `${Math.min(100, Math.floor((s.transfer.bytes / s.transfer.expectedBytes) * 100))}%`;
-    } else if (t.step === 'Succeeded') s.progress = '100%';
+    s.progress = progressOf(m.status?.progress, s, t.step);
     return s;
   }
 
