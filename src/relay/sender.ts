@@ -123,6 +123,9 @@ async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions,
       digest.update(chunk);
       state.bytes += n;
       await throttle.take(n, opts.signal);
+      // The link may have died while we read or waited for the bandwidth budget: a closed stream
+      // emits its 'close' once, before anyone listens for it here.
+      if (req.closed || req.destroyed) throw closedEarly(req);
       // The buffer goes back to the pool once HTTP/2 has taken it.
       if (!req.write(chunk, () => pool.give(buf))) await drained(req, opts);
       opts.onProgress?.(state.bytes);
@@ -164,6 +167,7 @@ class BufferPool {
  * a close rejects, and so does no room for `stallMs`.
  */
 function drained(req: ClientHttp2Stream, opts: SendOptions): Promise<void> {
+  if (req.closed || req.destroyed) return Promise.reject(closedEarly(req));
   return new Promise((resolve, reject) => {
     const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
     const done = (e?: Error) => {
@@ -174,13 +178,17 @@ function drained(req: ClientHttp2Stream, opts: SendOptions): Promise<void> {
       else resolve();
     };
     const onDrain = () => done();
-    const onClose = () => done(new RelayError('StreamAborted', `the target closed the stream (code ${req.rstCode ?? '?'}) before it took everything`));
+    const onClose = () => done(closedEarly(req));
     const onError = (e: Error) => done(e);
     const onAbort = () => done(opts.signal.reason instanceof Error ? opts.signal.reason : new Error(String(opts.signal.reason)));
     const timer = setTimeout(() => done(new RelayError('StreamAborted', `the target took nothing for ${stallMs} ms (stalled, or the connection is half-open)`)), stallMs);
     req.once('drain', onDrain).once('close', onClose).once('error', onError);
     opts.signal.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+function closedEarly(req: ClientHttp2Stream): RelayError {
+  return new RelayError('StreamAborted', `the stream to the target closed (HTTP/2 code ${req.rstCode ?? '?'}) before it took everything: the link or the target went away`);
 }
 
 async function readDevice(save: SaveStream, buf: Buffer): Promise<number | 'ENOMSG'> {
