@@ -28,6 +28,8 @@ export interface LocalOptions {
   readonly dirtyRate?: string;
   /** Agents listen on <prefix>.2, <prefix>.3, ... (loopback addresses). */
   readonly loopbackPrefix?: string;
+  /** Per node, the endpoint its agent advertises instead of its own (a proxy a test puts in between). */
+  readonly advertise?: Record<string, string>;
 }
 
 export interface LocalState {
@@ -167,13 +169,14 @@ async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: st
   const kubeconfig = await tokenKubeconfig(kube, token, `${id.agentServiceAccount}@${node}`, join(home, 'kubeconfig'));
   const cfg = {
     node, listen: { host, port: 9443 }, stateDir: join(home, 'state'),
+    ...(o.advertise?.[node] ? { advertise: o.advertise[node] } : {}),
     tls: { kubernetes: { namespace: id.namespace } },
     kube: { kubeconfig, heartbeatSeconds: 2 },
     devices: { simulated: { dir: join(home, 'sim'), devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
   };
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
   const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`));
-  return { node, pid, endpoint: `https://${host}:9443`, simDir: join(home, 'sim'), stateDir: join(home, 'state') };
+  return { node, pid, endpoint: o.advertise?.[node] ?? `https://${host}:9443`, simDir: join(home, 'sim'), stateDir: join(home, 'state') };
 }
 
 async function startController(dir: string, kube: Kube, id: InstallIdentity) {
