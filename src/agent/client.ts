@@ -43,6 +43,7 @@ export class AgentClient {
   receive = (d: string, r: ReceiveRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/receive`, r);
   send = (d: string, r: SendRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/send`, r);
   commit = (d: string, r: CommitRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/commit`, r);
+  uncommit = (d: string, r: CommitRequest) => this.call<{ uncommitted: boolean; state?: string }>('POST', `/v1/devices/${enc(d)}/uncommit`, r);
   migration = (m: string) => this.call<{ sessions: SessionView[] }>('GET', `/v1/migrations/${enc(m)}`);
   cancel = (m: string, r: CancelRequest) => this.call<{ devices: unknown[] }>('POST', `/v1/migrations/${enc(m)}/cancel`, r);
 

@@ -14,7 +14,7 @@ import { AgentError, badRequest } from './errors.js';
 import { AuthError, describeIdentity, identify, type Identity } from './identity.js';
 import { cancel, deviceView, migrationView, release, reset, setState } from './ops.js';
 import { startSend } from './source.js';
-import { acceptStream, commit, prepareReceive } from './target.js';
+import { acceptStream, commit, prepareReceive, uncommit } from './target.js';
 
 const MAX_BODY = 64 * 1024;
 
@@ -64,6 +64,7 @@ const routes: Route[] = [
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/receive$/, who: 'controller', handle: (ctx, r) => prepareReceive(ctx, r.params[0]!, json(receiveRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/send$/, who: 'controller', handle: (ctx, r) => startSend(ctx, r.params[0]!, json(sendRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/commit$/, who: 'controller', handle: (ctx, r) => commit(ctx, r.params[0]!, json(commitRequest, r.body)) },
+  { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/uncommit$/, who: 'controller', handle: (ctx, r) => uncommit(ctx, r.params[0]!, json(commitRequest, r.body)) },
   { method: 'GET', path: /^\/v1\/migrations\/([^/]+)$/, who: 'cluster', handle: async (ctx, r) => ({ status: 200, body: await migrationView(ctx, r.params[0]!) }) },
   { method: 'POST', path: /^\/v1\/migrations\/([^/]+)\/cancel$/, who: 'controller', handle: (ctx, r) => cancel(ctx, r.params[0]!, json(cancelRequest, r.body)) },
   {

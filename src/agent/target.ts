@@ -98,6 +98,32 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
   }));
 }
 
+/**
+ * Takes a commit back: only for a device of a group (DeviceMigrationGroup) whose sibling failed,
+ * and only while the device never left STOP: it holds the state but never ran it, so after the reset
+ * the source is the one runner again. Once it ran (RUNNING_P2P or RUNNING) this is refused.
+ */
+export async function uncommit(ctx: AgentContext, device: string, req: CommitRequest): Promise<Reply> {
+  const d = deviceOf(ctx, device);
+  claim(ctx, device, req.migration);
+  return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    const s = ctx.sessions.get(req.migration, device);
+    if (!s || s.role !== 'target') {
+      throw new AgentError(409, 'NotCommitted', `device ${device} has no receive session of migration ${req.migration} to take back`);
+    }
+    if (s.phase !== 'Committed') return { status: 200, body: { uncommitted: false, phase: s.phase } };
+    const state = await d.device.getState();
+    if (state !== 'STOP') {
+      throw new AgentError(409, 'TargetRan', `device ${device} is ${state}: it ran the state of migration ${req.migration}, which cannot be taken back`);
+    }
+    await ctx.journal.step(device, { step: 'uncommit:intent' });
+    await d.device.reset();
+    finish(s, 'Cancelled', { code: 'Uncommitted', message: 'the group this device belongs to rolled back; its commit was taken back before it ran' });
+    await ctx.journal.step(device, { step: 'uncommitted' });
+    return { status: 200, body: { uncommitted: true, state: await d.device.getState() } };
+  }));
+}
+
 function limitSessions(ctx: AgentContext): void {
   if (ctx.sessions.active().length >= ctx.config.maxSessions) {
     throw new AgentError(429, 'TooManySessions', `node ${ctx.config.node} already runs ${ctx.config.maxSessions} sessions (maxSessions); retry later`);

@@ -7,7 +7,10 @@
 import { stringify } from 'yaml';
 import { z } from 'zod';
 import { GROUP, VERSION } from './names.js';
-import { deviceMigrationSpec, deviceMigrationStatus, deviceNodeSpec, deviceNodeStatus } from './types.js';
+import {
+  deviceMigrationSpec, deviceMigrationStatus, deviceNodeSpec, deviceNodeStatus, deviceEvacuationSpec, deviceEvacuationStatus,
+  deviceMigrationGroupSpec, deviceMigrationGroupStatus,
+} from './types.js';
 
 type Schema = Record<string, unknown>;
 
@@ -16,7 +19,13 @@ export function structural(input: unknown): Schema {
   if (typeof input !== 'object' || input === null) return input as Schema;
   const out: Schema = {};
   for (const [k, v] of Object.entries(input as Schema)) {
-    if (k === '$schema' || k === 'additionalProperties') continue;
+    if (k === '$schema' || k === 'propertyNames') continue;
+    // false (a strict object) is the structural default; a schema (a record, e.g. matchLabels) must
+    // stay, or the API server prunes every key of it.
+    if (k === 'additionalProperties') {
+      if (typeof v === 'object' && v !== null) out[k] = structural(v);
+      continue;
+    }
     if (k === 'maximum' && v === Number.MAX_SAFE_INTEGER) continue;
     if (k === 'minimum' && v === Number.MIN_SAFE_INTEGER) continue;
     if (k === 'exclusiveMinimum' && typeof v === 'number') {
@@ -54,7 +63,8 @@ const migration: Kind = {
     {
       rule: 'self.source == oldSelf.source && self.target == oldSelf.target && self.strategy == oldSelf.strategy && '
         + 'has(self.limits) == has(oldSelf.limits) && (!has(self.limits) || self.limits == oldSelf.limits) && '
-        + 'has(self.precopy) == has(oldSelf.precopy) && (!has(self.precopy) || self.precopy == oldSelf.precopy)',
+        + 'has(self.precopy) == has(oldSelf.precopy) && (!has(self.precopy) || self.precopy == oldSelf.precopy) && '
+        + 'has(self.group) == has(oldSelf.group) && (!has(self.group) || self.group == oldSelf.group)',
       message: 'spec is immutable once created, except spec.cancel: delete the DeviceMigration and create a new one',
     },
     { rule: '!oldSelf.cancel || self.cancel', message: 'spec.cancel cannot be set back to false once true' },
@@ -96,7 +106,74 @@ const node: Kind = {
   ],
 };
 
-export const KINDS = [migration, node];
+const evacuation: Kind = {
+  kind: 'DeviceEvacuation',
+  plural: 'deviceevacuations',
+  singular: 'deviceevacuation',
+  shortNames: ['devac'],
+  spec: deviceEvacuationSpec,
+  status: deviceEvacuationStatus,
+  specRules: [
+    { rule: 'self.node == oldSelf.node', message: 'spec.node is immutable: create another DeviceEvacuation for another node', fieldPath: '.node' },
+    { rule: '!oldSelf.cancel || self.cancel', message: 'spec.cancel cannot be set back to false once true' },
+  ],
+  fieldRules: {
+    'limits.bandwidth': [{ rule: "quantity(self).isGreaterThan(quantity('0'))", message: 'spec.limits.bandwidth must be positive, e.g. 500Mi' }],
+    'limits.timeout': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.timeout must be positive, e.g. 10m' }],
+    'limits.maxDowntime': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.maxDowntime must be positive, e.g. 300ms' }],
+  },
+  columns: [
+    { name: 'Node', type: 'string', jsonPath: '.spec.node' },
+    { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+    { name: 'Total', type: 'integer', jsonPath: '.status.counts.total' },
+    { name: 'Running', type: 'integer', jsonPath: '.status.counts.running' },
+    { name: 'Succeeded', type: 'integer', jsonPath: '.status.counts.succeeded' },
+    { name: 'Failed', type: 'integer', jsonPath: '.status.counts.failed' },
+    { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+  ],
+};
+
+const LIMIT_RULES: Kind['fieldRules'] = {
+  'limits.bandwidth': [{ rule: "quantity(self).isGreaterThan(quantity('0'))", message: 'spec.limits.bandwidth must be positive, e.g. 500Mi' }],
+  'limits.timeout': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.timeout must be positive, e.g. 10m' }],
+  'limits.maxDowntime': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.maxDowntime must be positive, e.g. 300ms' }],
+};
+
+const group: Kind = {
+  kind: 'DeviceMigrationGroup',
+  plural: 'devicemigrationgroups',
+  singular: 'devicemigrationgroup',
+  shortNames: ['dmgroup'],
+  spec: deviceMigrationGroupSpec,
+  status: deviceMigrationGroupStatus,
+  specRules: [
+    {
+      rule: 'self.members == oldSelf.members && self.strategy == oldSelf.strategy && '
+        + 'has(self.limits) == has(oldSelf.limits) && (!has(self.limits) || self.limits == oldSelf.limits) && '
+        + 'has(self.precopy) == has(oldSelf.precopy) && (!has(self.precopy) || self.precopy == oldSelf.precopy)',
+      message: 'spec is immutable once created, except spec.cancel: delete the DeviceMigrationGroup and create a new one',
+    },
+    { rule: '!oldSelf.cancel || self.cancel', message: 'spec.cancel cannot be set back to false once true' },
+    {
+      rule: 'self.members.all(m, m.source.node != m.target.node || (has(m.target.device) && m.target.device != m.source.device))',
+      message: 'spec.members: each target must differ from its source: another node, or another device on the same node',
+      fieldPath: '.members',
+    },
+    {
+      rule: 'self.members.all(a, self.members.exists_one(b, b.source == a.source))',
+      message: 'spec.members: a source device may appear once',
+      fieldPath: '.members',
+    },
+  ],
+  fieldRules: LIMIT_RULES,
+  columns: [
+    { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+    { name: 'Downtime', type: 'integer', jsonPath: '.status.downtimeMs', description: 'milliseconds' },
+    { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+  ],
+};
+
+export const KINDS = [migration, node, evacuation, group];
 
 function withFieldRules(spec: Schema, rules: Kind['fieldRules']): Schema {
   for (const [path, r] of Object.entries(rules ?? {})) {

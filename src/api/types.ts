@@ -34,6 +34,7 @@ export const deviceMigrationSpec = z.strictObject({
       .describe('At the limit: StopCopy stops the device anyway (longer downtime); Fail rolls back, the source keeps running.'),
   }).optional().describe('PreCopy: when to give up waiting for the remaining state to fit in maxDowntime.'),
   cancel: z.boolean().default(false).describe('Set to true to roll the migration back (the only field that may change).'),
+  group: name.optional().describe('Set by the controller on the members of a DeviceMigrationGroup: the group they stop, commit and resume with.'),
 });
 
 export const phases = ['Pending', 'Preparing', 'PreCopy', 'StopCopy', 'Resuming', 'Succeeded', 'Failed', 'RolledBack', 'Cancelled'] as const;
@@ -85,6 +86,8 @@ export const deviceMigrationStatus = z.strictObject({
   stopCopyAt: time.optional().describe('When the source stopped: downtime runs from here to the target RUNNING.'),
   downtimeMs: z.number().optional(),
   committedAt: time.optional(),
+  quiescedAt: time.optional().describe('A group member: when its source reached RUNNING_P2P or PRE_COPY_P2P (or, without P2P, was ready to stop).'),
+  targetReadyAt: time.optional().describe('A group member: when its committed target reached RUNNING_P2P (or, without P2P, was ready to run).'),
   failure: z.strictObject({ reason: z.string(), message: z.string() }).optional(),
 });
 
@@ -107,6 +110,83 @@ export const deviceNodeStatus = z.strictObject({
   ready: z.boolean().optional(),
 });
 
+const labelSelector = z.strictObject({
+  matchLabels: z.record(z.string(), z.string()).optional(),
+  matchExpressions: z.array(z.strictObject({
+    key: z.string().min(1),
+    operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist']),
+    values: z.array(z.string()).optional(),
+  })).optional(),
+}).describe('A Kubernetes label selector over Node objects.');
+
+export const deviceEvacuationSpec = z.strictObject({
+  node: name.describe('The node to move every in-use migratable device off.'),
+  targetNodeSelector: labelSelector.optional().describe('Where the devices may go; unset: any other node with a ready agent.'),
+  maxParallel: z.number().int().min(1).max(64).default(2).describe('Migrations of this evacuation running at once.'),
+  strategy: z.enum(strategies).default('Auto').describe('The strategy of each DeviceMigration.'),
+  limits: deviceMigrationSpec.shape.limits.describe('The limits of each DeviceMigration.'),
+  cancel: z.boolean().default(false).describe('Set to true to roll back running migrations and start no new ones.'),
+});
+
+export const evacuationPhases = ['Pending', 'Running', 'Succeeded', 'PartiallyFailed', 'Failed', 'Cancelled'] as const;
+
+export const deviceEvacuationStatus = z.strictObject({
+  observedGeneration: z.number().int().optional(),
+  phase: z.enum(evacuationPhases).optional(),
+  conditions: z.array(condition).optional(),
+  counts: z.strictObject({
+    total: z.number().int(), waiting: z.number().int(), running: z.number().int(),
+    succeeded: z.number().int(), failed: z.number().int(),
+  }).optional(),
+  devices: z.array(z.strictObject({
+    device: name,
+    migration: name.optional(),
+    targetNode: name.optional(),
+    targetDevice: name.optional(),
+    phase: z.string(),
+    reason: z.string().optional(),
+    message: z.string().optional(),
+  })).optional(),
+  startedAt: time.optional(),
+  finishedAt: time.optional(),
+});
+
+const member = z.strictObject({
+  source: deviceMigrationSpec.shape.source,
+  target: deviceMigrationSpec.shape.target,
+});
+
+export const deviceMigrationGroupSpec = z.strictObject({
+  members: z.array(member).min(1).max(32).describe('The devices that move together: each a source and a target, on any nodes.'),
+  strategy: deviceMigrationSpec.shape.strategy,
+  limits: deviceMigrationSpec.shape.limits.describe('The limits of each member migration.'),
+  precopy: deviceMigrationSpec.shape.precopy,
+  cancel: z.boolean().default(false).describe('Set to true to roll the whole group back (the only field that may change).'),
+});
+
+export const groupPhases = ['Pending', 'Running', 'Succeeded', 'RolledBack', 'Failed', 'Cancelled'] as const;
+
+export const deviceMigrationGroupStatus = z.strictObject({
+  observedGeneration: z.number().int().optional(),
+  phase: z.enum(groupPhases).optional(),
+  conditions: z.array(condition).optional(),
+  members: z.array(z.strictObject({
+    migration: name,
+    source: z.string().describe('node/device'),
+    target: z.string().describe('node/device (the device once chosen)'),
+    phase: z.string(),
+    reason: z.string().optional(),
+    message: z.string().optional(),
+  })).optional(),
+  downtimeMs: z.number().optional().describe('From the first source stopping to the last target running.'),
+  startedAt: time.optional(),
+  finishedAt: time.optional(),
+});
+
+export type DeviceMigrationGroupSpec = z.infer<typeof deviceMigrationGroupSpec>;
+export type DeviceMigrationGroupStatus = z.infer<typeof deviceMigrationGroupStatus>;
+export type DeviceEvacuationSpec = z.infer<typeof deviceEvacuationSpec>;
+export type DeviceEvacuationStatus = z.infer<typeof deviceEvacuationStatus>;
 export type DeviceMigrationSpec = z.infer<typeof deviceMigrationSpec>;
 export type DeviceMigrationStatus = z.infer<typeof deviceMigrationStatus>;
 export type DeviceNodeSpec = z.infer<typeof deviceNodeSpec>;

@@ -36,7 +36,7 @@ async function runController(path: string): Promise<void> {
   const { tls, ticketSecret, signer } = await credentials(cfg, kube, log);
   const le = cfg.leaderElection;
   const controller = new Controller({
-    kube, tls, ticketSecret, log, workers: cfg.workers,
+    kube, tls, ticketSecret, log, workers: cfg.workers, evacuationMaxParallel: cfg.evacuation.maxParallelTotal,
     metricsPort: cfg.metrics.port, metricsHost: cfg.metrics.host,
     ...(le.enabled ? { leader: { namespace: le.namespace ?? cfg.namespace, name: le.name, identity: le.identity, leaseSeconds: le.leaseSeconds } } : {}),
   });

@@ -1,16 +1,28 @@
 /**
  * `kubectl devmig` (the kubectl-devmig executable): the user's view. migrate, status (with -w),
- * cancel, devices. People get tables; -o json|yaml for scripts.
+ * cancel, devices, evacuate. People get tables; -o json|yaml for scripts.
  */
 import { Command, CommanderError } from 'commander';
 import { stringify } from 'yaml';
 import { API_VERSION } from '../api/names.js';
 import { formatBytes } from '../api/quantity.js';
-import { Kube, type DeviceMigration } from '../controller/kube.js';
+import { Kube, type DeviceEvacuation, type DeviceMigration } from '../controller/kube.js';
 import { CliError, jsonLine, processIo, table, type Io } from './output.js';
 
 type Format = 'text' | 'json' | 'yaml';
 const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
+const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+
+/** `k=v,k2=v2` as matchLabels; the only selector form a flag needs (YAML has the rest). */
+function selector(s: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const part of s.split(',')) {
+    const m = /^([^=]+)=([^=]*)$/.exec(part.trim());
+    if (!m || !LABEL_KEY.test(m[1]!)) throw new CliError(`--to-selector "${s}": write key=value[,key=value], e.g. pool=gpu`, 2);
+    out[m[1]!] = m[2]!;
+  }
+  return out;
+}
 
 function format(o?: string): Format {
   if (o === undefined) return 'text';
@@ -71,7 +83,52 @@ export function buildPlugin(io: Io, kube: () => Kube): Command {
       emit(io, f, { devices: rows }, () => table(['NODE', 'DEVICE', 'KIND', 'FLAGS', 'STATE', 'MIGRATION'],
         rows.map((r) => [r.node, r.name, r.kind, r.flags.join(','), r.state, r.migration ? `${r.migration} (${r.role ?? '?'})` : '-'])));
     });
+  p.command('evacuate').argument('<node>', 'the node to move every in-use device off')
+    .option('--to-selector <labels>', 'only onto nodes with these labels, k=v[,k=v]')
+    .option('--max-parallel <n>', 'migrations at once', '2').option('--strategy <s>', 'StopCopy, PreCopy or Auto', 'Auto')
+    .option('--name <name>', 'the DeviceEvacuation\'s name (default: evacuate-NODE)')
+    .option('--wait', 'follow it until it ends').option('-o, --output <format>', 'json or yaml')
+    .description('create a DeviceEvacuation: a migration for each in-use device of NODE, a few at a time')
+    .action(async (node: string, o: { toSelector?: string; maxParallel: string; strategy: string; name?: string; wait?: boolean; output?: string }) => {
+      const f = format(o.output);
+      if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(node)) throw new CliError(`node "${node}": not a node name (lower-case letters, digits, - and .)`, 2);
+      const maxParallel = Number(o.maxParallel);
+      if (!Number.isInteger(maxParallel) || maxParallel < 1 || maxParallel > 64) throw new CliError(`--max-parallel ${o.maxParallel}: a whole number from 1 to 64`, 2);
+      const name = o.name ?? `evacuate-${node}`;
+      const spec = { node, maxParallel, strategy: o.strategy, ...(o.toSelector ? { targetNodeSelector: { matchLabels: selector(o.toSelector) } } : {}) };
+      try {
+        await kube().custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'deviceevacuations', fieldValidation: 'Strict',
+          body: { apiVersion: API_VERSION, kind: 'DeviceEvacuation', metadata: { name }, spec } });
+      } catch (e) {
+        if ((e as { code?: number }).code === 409) throw new CliError(`deviceevacuation ${name} exists: follow it with kubectl get devac ${name} -w, or pick another --name`);
+        throw e;
+      }
+      if (!o.wait) return emit(io, f, { name }, () => `deviceevacuation.devmig.io/${name} created`);
+      const e = await followEvacuation(kube(), name, f === 'text' ? io : undefined);
+      emit(io, f, e, () => '');
+      if (e.status?.phase !== 'Succeeded') throw new CliError(`${name} ended ${e.status?.phase}: ${e.status?.conditions?.find((c) => c.type === 'Ready')?.message ?? ''}`);
+    });
   return p;
+}
+
+function describeEvacuation(e: DeviceEvacuation): string {
+  const c = e.status?.counts;
+  const head = `${e.metadata.name}  ${(e.status?.phase ?? 'Pending').padEnd(15)} ${c ? `${c.succeeded}/${c.total} moved, ${c.running} moving, ${c.failed} failed, ${c.waiting} waiting` : ''}`;
+  const rows = (e.status?.devices ?? []).map((d) => [d.device, d.migration ?? '-', d.targetNode ? `${d.targetNode}/${d.targetDevice ?? '?'}` : '-', d.phase, d.reason ? `${d.reason}: ${d.message ?? ''}` : '']);
+  return `${head}\n\n${table(['DEVICE', 'MIGRATION', 'TARGET', 'PHASE', 'WHY'], rows)}`;
+}
+
+async function followEvacuation(kube: Kube, name: string, io: Io | undefined): Promise<DeviceEvacuation> {
+  let last = '';
+  for (;;) {
+    const e = await kube.getEvacuation(name);
+    if (!e) throw new CliError(`deviceevacuation ${name} was deleted while it was followed`);
+    const l = describeEvacuation(e);
+    if (io && l !== last) io.out(l);
+    last = l;
+    if (e.status?.finishedAt) return e;
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }
 
 async function get(kube: Kube, name: string): Promise<DeviceMigration> {

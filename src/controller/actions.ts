@@ -55,6 +55,13 @@ export async function call(device: 'source' | 'target', fn: () => Promise<ArcsAn
   }
 }
 
+/** A member of a DeviceMigrationGroup: how many members there are, and the others as last read. */
+export interface GroupContext {
+  readonly name: string;
+  readonly size: number;
+  readonly siblings: DeviceMigration[];
+}
+
 export interface StepContext {
   readonly m: DeviceMigration;
   readonly peers: Peers;
@@ -62,6 +69,7 @@ export interface StepContext {
   readonly targetDevice: string;
   readonly precopy: boolean;
   readonly now: number;
+  readonly group?: GroupContext;
 }
 
 export async function act(step: Step, c: StepContext): Promise<Outcome> {
@@ -72,22 +80,34 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
     case 'PrepareTarget':
       return call('target', () => peers.target.receive(targetDevice, { migration: name, op: 'prepare', ticket, sourceNode: m.spec.source.node }));
     case 'StartSend': {
+      // A group member stopping from RUNNING first waits until every sibling's source is in RUNNING_P2P.
+      const q = c.group && !c.precopy ? await quiesce(c, 'RUNNING_P2P') : undefined;
+      if (q?.held) return q.held;
       const bandwidth = m.spec.limits?.bandwidth ? parseQuantity(m.spec.limits.bandwidth) : undefined;
       const o = await call('source', () => peers.source.send(src, {
         migration: name, op: 'send', ticket, precopy: c.precopy, ...(bandwidth ? { bandwidth } : {}),
         target: { node: m.spec.target.node, device: targetDevice, endpoint: peers.targetNode.spec.endpoint },
       }));
       // With STOP_COPY the source stops here: downtime starts when its arc to STOP began.
-      return c.precopy ? { ...o, status: { precopyStartedAt: new Date(c.now).toISOString() } }
-        : { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP') ?? new Date(c.now).toISOString() } };
+      return joined(q, c.precopy ? { ...o, status: { precopyStartedAt: new Date(c.now).toISOString() } }
+        : { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP') ?? new Date(c.now).toISOString() } });
     }
     case 'Streaming':
       return observe(c);
     case 'StopCopy': {
+      const q = c.group ? await quiesce(c, 'PRE_COPY_P2P') : undefined;
+      if (q?.held) return q.held;
       const o = await call('source', () => peers.source.setState(src, { migration: name, op: 'stop-copy', state: 'STOP_COPY' }));
-      return { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP_COPY') ?? new Date(c.now).toISOString() } };
+      return joined(q, { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP_COPY') ?? new Date(c.now).toISOString() } });
     }
     case 'Commit': {
+      if (c.group) {
+        // No member commits before every stream of the group is verified; and none runs yet (ResumeTarget).
+        const wait = barrier(c.group, (x) => ['Commit', 'ResumeTarget', 'ReleaseSource', 'Succeeded'].includes(x.status?.step ?? ''), 'their streams verified');
+        if (wait) return { event: wait };
+        const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit' }));
+        return o.event.kind === 'ok' ? { ...o, status: { committedAt: new Date(c.now).toISOString() } } : o;
+      }
       // The commit gate, then at once RUNNING: every moment between is downtime. A crash between the
       // two replays both ops (recorded by the agent), so ResumeTarget only confirms.
       const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit' }));
@@ -96,7 +116,7 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       return { ...run, arcs: [...(o.arcs ?? []), ...(run.arcs ?? [])], status: { committedAt: new Date(c.now).toISOString(), ...(run.status ?? {}) } };
     }
     case 'ResumeTarget':
-      return resume(c);
+      return c.group ? resumeTogether(c, c.group) : resume(c);
     case 'ReleaseSource':
       return release(c);
     case 'RollBack':
@@ -104,6 +124,62 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
     default:
       return { event: { kind: 'ok' } };
   }
+}
+
+const hasP2P = (n: DeviceNode, device: string) => n.status?.devices?.find((x) => x.name === device)?.flags.includes('P2P') ?? false;
+
+/** The barrier: every sibling made, and each `ready`; else what this member waits for. */
+function barrier(g: GroupContext, ready: (m: DeviceMigration) => boolean, what: string): Event | undefined {
+  if (g.siblings.length < g.size - 1) return { kind: 'waiting', message: `waiting for the group's ${g.size} members to be created` };
+  const late = g.siblings.filter((x) => !ready(x)).map((x) => x.metadata.name);
+  return late.length ? { kind: 'waiting', message: `waiting for ${late.join(', ')} of group ${g.name}: ${what}` } : undefined;
+}
+
+/** What quiesce did (arcs, status) and, when the siblings are not there yet, the outcome to hold on. */
+interface Quiesced { arcs: ArcRecord[]; status: Record<string, unknown>; held?: Outcome }
+
+/**
+ * A group member's source to RUNNING_P2P (or PRE_COPY_P2P) once, recorded as quiescedAt; then the
+ * barrier: no device of the group stops before every P2P-capable one has stopped its P2P traffic.
+ * A device without P2P has no such state: it is ready to stop as it is.
+ */
+async function quiesce(c: StepContext, state: 'RUNNING_P2P' | 'PRE_COPY_P2P'): Promise<Quiesced> {
+  const out: Quiesced = { arcs: [], status: {} };
+  if (!c.m.status?.quiescedAt) {
+    if (hasP2P(c.peers.sourceNode, c.m.spec.source.device)) {
+      const o = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: c.m.metadata.name, op: 'quiesce', state }));
+      if (o.event.kind !== 'ok') return { ...out, held: o };
+      out.arcs = o.arcs ?? [];
+    }
+    out.status = { quiescedAt: new Date(c.now).toISOString() };
+  }
+  const wait = barrier(c.group!, (x) => Boolean(x.status?.quiescedAt), `sources in ${state}`);
+  if (wait) out.held = { event: wait, arcs: out.arcs, status: out.status };
+  return out;
+}
+
+const joined = (q: Quiesced | undefined, o: Outcome): Outcome =>
+  q ? { ...o, arcs: [...q.arcs, ...(o.arcs ?? [])], status: { ...q.status, ...(o.status ?? {}) } } : o;
+
+/**
+ * The reverse of quiesce, for a committed group member: its target to RUNNING_P2P (recorded as
+ * targetReadyAt) once every member committed, and to RUNNING once every target is in RUNNING_P2P.
+ */
+async function resumeTogether(c: StepContext, g: GroupContext): Promise<Outcome> {
+  const committed = barrier(g, (x) => Boolean(x.status?.committedAt), 'their targets committed');
+  if (committed) return { event: committed };
+  let early: Outcome = { event: { kind: 'ok' } };
+  if (!c.m.status?.targetReadyAt) {
+    if (hasP2P(c.peers.targetNode, c.targetDevice)) {
+      early = await call('target', () => c.peers.target.setState(c.targetDevice, { migration: c.m.metadata.name, op: 'run-p2p', state: 'RUNNING_P2P' }));
+      if (early.event.kind !== 'ok') return early;
+    }
+    early = { ...early, status: { targetReadyAt: new Date(c.now).toISOString() } };
+  }
+  const ready = barrier(g, (x) => Boolean(x.status?.targetReadyAt), 'targets in RUNNING_P2P');
+  if (ready) return { ...early, event: ready };
+  const run = await resume(c);
+  return { ...run, arcs: [...(early.arcs ?? []), ...(run.arcs ?? [])], status: { ...(early.status ?? {}), ...(run.status ?? {}) } };
 }
 
 /** Target RUNNING; the downtime runs from the source's stopping arc to the end of this one. */
@@ -175,11 +251,12 @@ function convergence(c: StepContext, p: { initialBytes: number; dirtyBytes: numb
   const cap = c.m.spec.limits?.bandwidth ? parseQuantity(c.m.spec.limits.bandwidth) : undefined;
   // Until a rate is measured, the bandwidth cap is the best guess; then the measured rate (never above the cap).
   const rate = measured !== undefined && measured > 0 ? Math.min(measured, cap ?? measured) : cap;
-  const estimate = rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
+  // Nothing dirty is nothing to send, whatever the rate: an idle stream measures a rate of 0.
+  const estimate = p.dirtyBytes === 0 ? 0 : rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
   if (p.initialBytes === 0 && estimate !== undefined && estimate <= allowedMs) {
     return { event: { kind: 'converged' }, status: { convergence: {
       reason: 'Converged', estimatedDowntimeMs: estimate,
-      message: `${p.dirtyBytes} dirty bytes at ${rate} B/s: about ${estimate} ms of downtime, within maxDowntime ${allowedMs} ms`,
+      message: `${p.dirtyBytes} dirty bytes at ${rate ?? 0} B/s: about ${estimate} ms of downtime, within maxDowntime ${allowedMs} ms`,
     } } };
   }
   const policy = { maxDuration: c.m.spec.precopy?.maxDuration ?? '5m', onNoConvergence: c.m.spec.precopy?.onNoConvergence ?? 'StopCopy' };
@@ -225,6 +302,13 @@ async function peek(client: AgentClient, device: string): Promise<{ migration?: 
 async function rollBack(c: StepContext): Promise<Outcome> {
   const name = c.m.metadata.name;
   const arcs: ArcRecord[] = [];
+  // A group member whose target committed but never ran: the commit is taken back first (the agent
+  // refuses once the target ran), so the source may run again.
+  if (c.group) {
+    const u = await call('target', () => c.peers.target.uncommit(c.targetDevice, { migration: name, op: 'uncommit' }));
+    const nothingToTakeBack = u.event.kind === 'failed' && u.event.reason === 'NotCommitted';
+    if (u.event.kind !== 'ok' && !nothingToTakeBack) return u;
+  }
   const t = await call('target', () => c.peers.target.cancel(name, { op: 'cancel' }));
   if (t.event.kind !== 'ok') return t;
   const tv = await peek(c.peers.target, c.targetDevice);

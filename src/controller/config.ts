@@ -20,6 +20,8 @@ export const controllerConfigSchema = z.strictObject({
     agentServiceAccount: z.string().default('devmig-agent'),
   }).optional(),
   workers: z.number().int().positive().default(4),
+  /** DeviceEvacuations: how many of their migrations may run at once, over all evacuations. */
+  evacuation: z.strictObject({ maxParallelTotal: z.number().int().min(1).max(1024).default(8) }).prefault({}),
   metrics: z.strictObject({ host: z.string().default('0.0.0.0'), port: z.number().int().min(0).max(65535).default(8080) }).prefault({}),
   leaderElection: z.strictObject({
     enabled: z.boolean().default(true),

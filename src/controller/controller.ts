@@ -13,6 +13,8 @@ import { lead, type LeaderOptions } from './leader.js';
 import { Metrics } from './metrics.js';
 import { WorkQueue } from './queue.js';
 import { Reconciler } from './reconcile.js';
+import { EVACUATION_LABEL, Evacuator } from './evacuation.js';
+import { GROUP_LABEL, GroupReconciler } from './group.js';
 
 export interface ControllerOptions {
   readonly kube: Kube;
@@ -24,10 +26,12 @@ export interface ControllerOptions {
   readonly metricsHost?: string;
   readonly leader?: LeaderOptions;
   readonly resyncMs?: number;
+  /** Migrations of all DeviceEvacuations running at once (default 8). */
+  readonly evacuationMaxParallel?: number;
 }
 
 export class Controller {
-  private informer: k8s.Informer<k8s.KubernetesObject> | undefined;
+  private readonly informers: Array<k8s.Informer<k8s.KubernetesObject>> = [];
   private stopLease: (() => void) | undefined;
   private resync: NodeJS.Timeout | undefined;
   private server: Server | undefined;
@@ -35,6 +39,8 @@ export class Controller {
   readonly metrics = new Metrics();
   private readonly queue: WorkQueue;
   private readonly reconciler: Reconciler;
+  private readonly evacuations: WorkQueue;
+  private readonly groups: WorkQueue;
 
   constructor(private readonly o: ControllerOptions) {
     this.reconciler = new Reconciler({ kube: o.kube, tls: o.tls, ticketSecret: o.ticketSecret, log: o.log, metrics: this.metrics });
@@ -44,6 +50,16 @@ export class Controller {
     }, { workers: o.workers, baseDelayMs: 200, maxDelayMs: 30_000 }, (name, e) => {
       this.metrics.reconcileErrors.inc();
       o.log.warn({ migration: name, err: (e as Error).message }, 'reconcile failed; retrying with backoff');
+    });
+    const evacuator = new Evacuator({ kube: o.kube, log: o.log, maxParallelTotal: o.evacuationMaxParallel ?? 8 });
+    this.evacuations = new WorkQueue((name) => evacuator.reconcile(name), { workers: 1, baseDelayMs: 500, maxDelayMs: 30_000 }, (name, e) => {
+      this.metrics.reconcileErrors.inc();
+      o.log.warn({ evacuation: name, err: (e as Error).message }, 'evacuation reconcile failed; retrying with backoff');
+    });
+    const grouper = new GroupReconciler({ kube: o.kube, log: o.log });
+    this.groups = new WorkQueue((name) => grouper.reconcile(name), { workers: 2, baseDelayMs: 500, maxDelayMs: 30_000 }, (name, e) => {
+      this.metrics.reconcileErrors.inc();
+      o.log.warn({ group: name, err: (e as Error).message }, 'group reconcile failed; retrying with backoff');
     });
   }
 
@@ -68,27 +84,42 @@ export class Controller {
     this.stopped = true;
     clearInterval(this.resync);
     this.stopLease?.();
-    await this.informer?.stop();
+    for (const i of this.informers) await i.stop();
     this.queue.stop();
+    this.evacuations.stop();
+    this.groups.stop();
     this.reconciler.close();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 
   private async watch(): Promise<void> {
-    const path = `/apis/${GROUP}/${VERSION}/devicemigrations`;
-    const list = async () => (await this.o.kube.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations' })) as k8s.KubernetesListObject<k8s.KubernetesObject>;
+    // A migration's change also wakes the evacuation it belongs to (its status aggregates them).
+    await this.watchKind('devicemigrations', (m) => {
+      this.queue.add(m.metadata!.name!);
+      const evac = m.metadata?.labels?.[EVACUATION_LABEL];
+      if (evac) this.evacuations.add(evac);
+      const group = m.metadata?.labels?.[GROUP_LABEL];
+      if (group) this.groups.add(group);
+    });
+    await this.watchKind('deviceevacuations', (e) => this.evacuations.add(e.metadata!.name!));
+    await this.watchKind('devicemigrationgroups', (g) => this.groups.add(g.metadata!.name!));
+  }
+
+  private async watchKind(plural: string, enqueue: (o: k8s.KubernetesObject) => void): Promise<void> {
+    const path = `/apis/${GROUP}/${VERSION}/${plural}`;
+    const list = async () => (await this.o.kube.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural })) as k8s.KubernetesListObject<k8s.KubernetesObject>;
     const inf = k8s.makeInformer<k8s.KubernetesObject>(this.o.kube.config, path, list);
-    const enqueue = (m: k8s.KubernetesObject) => { if (m.metadata?.name) this.queue.add(m.metadata.name); };
-    inf.on('add', enqueue);
-    inf.on('update', enqueue);
-    inf.on('delete', enqueue);
+    const add = (o: k8s.KubernetesObject) => { if (o.metadata?.name) enqueue(o); };
+    inf.on('add', add);
+    inf.on('update', add);
+    inf.on('delete', add);
     // The informer stops on errors other than 410: start it again after a pause, and relist.
     inf.on('error', (e: unknown) => {
       if (this.stopped) return;
-      this.o.log.warn({ err: String(e) }, 'watch failed; restarting in 2s');
+      this.o.log.warn({ err: String(e), plural }, 'watch failed; restarting in 2s');
       setTimeout(() => { if (!this.stopped) void inf.start().catch(() => undefined); }, 2000).unref();
     });
-    this.informer = inf;
+    this.informers.push(inf);
     await inf.start();
   }
 

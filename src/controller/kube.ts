@@ -4,7 +4,10 @@
  */
 import * as k8s from '@kubernetes/client-node';
 import { GROUP, VERSION } from '../api/names.js';
-import type { DeviceMigrationSpec, DeviceMigrationStatus, DeviceNodeSpec, DeviceNodeStatus } from '../api/types.js';
+import type {
+  DeviceEvacuationSpec, DeviceEvacuationStatus, DeviceMigrationGroupSpec, DeviceMigrationGroupStatus, DeviceMigrationSpec, DeviceMigrationStatus,
+  DeviceNodeSpec, DeviceNodeStatus,
+} from '../api/types.js';
 
 export interface Meta {
   name: string;
@@ -14,9 +17,13 @@ export interface Meta {
   deletionTimestamp?: string;
   finalizers?: string[];
   creationTimestamp?: string;
+  labels?: Record<string, string>;
 }
 export interface DeviceMigration { apiVersion: string; kind: 'DeviceMigration'; metadata: Meta; spec: DeviceMigrationSpec; status?: DeviceMigrationStatus }
 export interface DeviceNode { apiVersion: string; kind: 'DeviceNode'; metadata: Meta; spec: DeviceNodeSpec; status?: DeviceNodeStatus }
+export interface DeviceMigrationGroup { apiVersion: string; kind: 'DeviceMigrationGroup'; metadata: Meta; spec: DeviceMigrationGroupSpec; status?: DeviceMigrationGroupStatus }
+export interface OwnerReference { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }
+export interface DeviceEvacuation { apiVersion: string; kind: 'DeviceEvacuation'; metadata: Meta; spec: DeviceEvacuationSpec; status?: DeviceEvacuationStatus }
 
 export const FIELD_MANAGER = 'devmig';
 const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
@@ -43,9 +50,49 @@ export class Kube {
     return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations', name }) as Promise<DeviceMigration>);
   }
 
-  async listMigrations(): Promise<DeviceMigration[]> {
-    const r = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations' })) as { items: DeviceMigration[] };
+  async listMigrations(labelSelector?: string): Promise<DeviceMigration[]> {
+    const r = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations', ...(labelSelector ? { labelSelector } : {}) })) as { items: DeviceMigration[] };
     return r.items;
+  }
+
+  async createMigration(body: { metadata: { name: string; labels?: Record<string, string>; ownerReferences?: OwnerReference[] }; spec: Partial<DeviceMigrationSpec> }): Promise<void> {
+    await this.custom.createClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations', fieldManager: FIELD_MANAGER,
+      body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'DeviceMigration', ...body } });
+  }
+
+  /** Sets spec.cancel of a migration devmig created (an evacuation's): the one spec write it makes. */
+  async cancelMigration(name: string): Promise<void> {
+    await this.custom.patchClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations', name, body: { spec: { cancel: true } }, fieldManager: FIELD_MANAGER }, merge);
+  }
+
+  async getEvacuation(name: string): Promise<DeviceEvacuation | undefined> {
+    return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: 'deviceevacuations', name }) as Promise<DeviceEvacuation>);
+  }
+
+  async getGroup(name: string): Promise<DeviceMigrationGroup | undefined> {
+    return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrationgroups', name }) as Promise<DeviceMigrationGroup>);
+  }
+
+  async patchGroupStatus(name: string, status: DeviceMigrationGroupStatus): Promise<DeviceMigrationGroup> {
+    return (await this.custom.patchClusterCustomObjectStatus(
+      { group: GROUP, version: VERSION, plural: 'devicemigrationgroups', name, body: { status }, fieldManager: FIELD_MANAGER }, merge,
+    )) as DeviceMigrationGroup;
+  }
+
+  async listEvacuations(): Promise<DeviceEvacuation[]> {
+    const r = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'deviceevacuations' })) as { items: DeviceEvacuation[] };
+    return r.items;
+  }
+
+  async patchEvacuationStatus(name: string, status: DeviceEvacuationStatus): Promise<DeviceEvacuation> {
+    return (await this.custom.patchClusterCustomObjectStatus(
+      { group: GROUP, version: VERSION, plural: 'deviceevacuations', name, body: { status }, fieldManager: FIELD_MANAGER }, merge,
+    )) as DeviceEvacuation;
+  }
+
+  async listNodes(labelSelector?: string): Promise<string[]> {
+    const r = await this.core.listNode(labelSelector ? { labelSelector } : {});
+    return r.items.map((n) => n.metadata!.name!);
   }
 
   async patchMigrationStatus(name: string, status: DeviceMigrationStatus): Promise<DeviceMigration> {

@@ -23,7 +23,11 @@ export type Event =
   | { kind: 'converged' }
   | { kind: 'verified' }
   | { kind: 'cancel' }
-  | { kind: 'timeout' };
+  | { kind: 'timeout' }
+  /** A group member waits at a barrier for its siblings: nothing failed, the step is asked again. */
+  | { kind: 'waiting'; message: string }
+  /** A sibling of the group failed: roll back too, while this member's target never ran. */
+  | { kind: 'groupAbort'; reason: string; message: string };
 
 export interface Transition {
   readonly step: Step;
@@ -31,6 +35,8 @@ export interface Transition {
   readonly failure?: { reason: string; message: string };
   /** A condition to show while the step is held (the outcome is unknown and will be asked again). */
   readonly blocked?: { reason: string; message: string };
+  /** What a group member waits for at a barrier. */
+  readonly waiting?: string;
 }
 
 const TERMINAL: ReadonlySet<Step> = new Set(['Succeeded', 'RolledBack', 'Cancelled', 'Failed']);
@@ -73,6 +79,14 @@ export function next(step: Step, ev: Event): Transition {
       return { step: step === 'Streaming' ? 'StopCopy' : step };
     case 'verified':
       return { step: step === 'Streaming' ? 'Commit' : step };
+    case 'waiting':
+      return { step, waiting: ev.message };
+    case 'groupAbort':
+      // The reconciler sends this only while the member's target has not run: up to ResumeTarget a
+      // committed target still sits in STOP, and its commit can be taken back (agent uncommit).
+      if (step === 'Pending') return { step: 'Failed', failure: why(ev) };
+      if (step === 'RollBack' || (pastCommit(step) && step !== 'Commit' && step !== 'ResumeTarget')) return { step };
+      return { step: 'RollBack', failure: why(ev) };
   }
 }
 

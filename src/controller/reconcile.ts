@@ -8,7 +8,8 @@ import { parseDuration } from '../api/quantity.js';
 import { deviceMigrationSpec, type ArcRecord, type Condition, type DeviceMigrationStatus } from '../api/types.js';
 import { AgentClient } from '../agent/client.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import { act, ticketFor, wantsPrecopy, type Peers } from './actions.js';
+import { act, ticketFor, wantsPrecopy, type GroupContext, type Peers } from './actions.js';
+import { GROUP_LABEL } from './group.js';
 import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
 import { isTerminal, next, phaseOf, type Event, type Step, type Transition } from './machine.js';
 import type { Metrics } from './metrics.js';
@@ -16,6 +17,8 @@ import { validate } from './validate.js';
 
 export const FINALIZER = 'devmig.io/rollback';
 const POLL_MS = 20;
+/** A group member at a barrier looks at its siblings this often. */
+const BARRIER_POLL_MS = 50;
 const NODE_CACHE_MS = 5000;
 const MAX_ARCS = 200;
 
@@ -98,8 +101,33 @@ export class Reconciler {
   private async one(m: DeviceMigration, status: Status, step: Step, deleting: boolean, pass: Pass): Promise<Applied> {
     const stop = this.stopEvent(m, status, step, deleting);
     if (stop) return this.apply(m, status, step, next(step, stop), []);
+    const group = m.spec.group ? await this.groupOf(m) : undefined;
+    if (group?.abort) {
+      const t = next(step, group.abort);
+      if (t.step !== step) return this.apply(m, status, step, t, []);
+    }
     if (step === 'Pending') return this.validateStep(m, status);
-    return this.runStep(m, status, step, pass);
+    return this.runStep(m, status, step, pass, group?.ctx);
+  }
+
+  /**
+   * A group member's siblings, read fresh at each step (the barriers depend on them), or the event
+   * that rolls it back with them: a sibling that failed while this member's target has not run.
+   */
+  private async groupOf(m: DeviceMigration): Promise<{ ctx: GroupContext; abort?: Event }> {
+    const name = m.spec.group!;
+    const [g, members] = await Promise.all([this.d.kube.getGroup(name), this.d.kube.listMigrations(`${GROUP_LABEL}=${name}`)]);
+    const siblings = members.filter((x) => x.metadata.name !== m.metadata.name);
+    const ctx: GroupContext = { name, size: g?.spec.members.length ?? siblings.length + 1, siblings };
+    if (m.status?.targetReadyAt) return { ctx };
+    if (!g) return { ctx, abort: { kind: 'groupAbort', reason: 'GroupNotFound', message: `spec.group: DeviceMigrationGroup ${name} does not exist; members move only with their group` } };
+    // The member that failed first, rather than one that only followed it.
+    const failing = siblings.filter((x) => x.status?.step === 'RollBack' || ['RolledBack', 'Failed', 'Cancelled'].includes(x.status?.phase ?? ''));
+    const failed = failing.find((x) => x.status?.failure?.reason !== 'GroupRolledBack') ?? failing[0];
+    if (!failed) return { ctx };
+    const f = failed.status?.failure;
+    return { ctx, abort: { kind: 'groupAbort', reason: 'GroupRolledBack',
+      message: `member ${failed.metadata.name} of group ${name} ${f ? `failed (${f.reason}: ${f.message})` : 'failed'}; the group rolls back together` } };
   }
 
   private stopEvent(m: DeviceMigration, status: Status, step: Step, deleting: boolean): Event | undefined {
@@ -122,7 +150,7 @@ export class Reconciler {
     return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), []);
   }
 
-  private async runStep(m: DeviceMigration, status: Status, step: Step, pass: Pass): Promise<Applied> {
+  private async runStep(m: DeviceMigration, status: Status, step: Step, pass: Pass, group?: GroupContext): Promise<Applied> {
     pass.peers ??= await this.peers(m);
     const peers = pass.peers;
     if (!peers) {
@@ -131,7 +159,7 @@ export class Reconciler {
     }
     const targetDevice = status.targetDevice ?? m.spec.target.device ?? '';
     const precopy = status.precopy ?? wantsPrecopy(m, peers.sourceNode, peers.targetNode, m.spec.source.device, targetDevice);
-    const out = await act(step, { m, peers, ticket: ticketFor(this.d.ticketSecret, m), targetDevice, precopy, now: this.now() });
+    const out = await act(step, { m, peers, ticket: ticketFor(this.d.ticketSecret, m), targetDevice, precopy, now: this.now(), ...(group ? { group } : {}) });
     const s: Status = { ...status, precopy, ...(out.status ?? {}) };
     return this.apply(m, s, step, next(step, out.event), out.arcs ?? []);
   }
@@ -145,7 +173,7 @@ export class Reconciler {
     }
     await this.report(m, from, t, arcs);
     if (t.step !== from) return { moved: true };
-    return { moved: false, requeueAfterMs: t.blocked ? 1000 : POLL_MS };
+    return { moved: false, requeueAfterMs: t.blocked ? 1000 : t.waiting ? BARRIER_POLL_MS : POLL_MS };
   }
 
   private statusFor(m: DeviceMigration, status: Status, t: Transition, arcs: ArcRecord[]): Status {
@@ -181,7 +209,7 @@ export class Reconciler {
       type: 'Ready',
       status: done ? 'True' : 'False',
       reason: done ? 'Succeeded' : failed ? (t.failure?.reason ?? 'Failed') : t.step === 'RollBack' ? 'RollingBack' : phase,
-      message: done ? 'the target runs the migrated state' : t.failure?.message ?? `step ${t.step}`,
+      message: done ? 'the target runs the migrated state' : t.failure?.message ?? t.waiting ?? `step ${t.step}`,
     });
     list = set(list, t.blocked
       ? { type: 'Blocked', status: 'True', reason: t.blocked.reason, message: t.blocked.message }

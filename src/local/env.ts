@@ -30,6 +30,8 @@ export interface LocalOptions {
   readonly loopbackPrefix?: string;
   /** Per node, the endpoint its agent advertises instead of its own (a proxy a test puts in between). */
   readonly advertise?: Record<string, string>;
+  /** The controller's evacuation.maxParallelTotal (default: the controller's, 8). */
+  readonly evacuationMaxParallelTotal?: number;
 }
 
 export interface LocalState {
@@ -65,7 +67,7 @@ export async function localUp(o: LocalOptions, say: (t: string) => void): Promis
   await copyFile(api.kubeconfig, kubeconfig);
   const kube = Kube.fromFile(kubeconfig);
   await installCrds(kube);
-  say('installed CRDs devicemigrations.devmig.io, devicenodes.devmig.io');
+  say(`installed CRDs ${Object.keys(crdFiles()).map((f) => f.replace(/^devmig\.io_|\.yaml$/g, '')).map((p) => `${p}.devmig.io`).join(', ')}`);
   const nodes = Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`);
   const hosts = nodes.map((_, i) => `${o.loopbackPrefix ?? '127.0.0'}.${i + 2}`);
   for (const [i, n] of nodes.entries()) await createNode(kube, n, hosts[i]!);
@@ -75,7 +77,7 @@ export async function localUp(o: LocalOptions, say: (t: string) => void): Promis
   const id = await readInstallIdentity();
   await applyObjects(kube, id.objects);
   say(`applied the install's ServiceAccounts, RBAC and admission policy (namespace ${id.namespace})`);
-  const controller = await startController(dir, kube, id);
+  const controller = await startController(dir, kube, id, o.evacuationMaxParallelTotal);
   say(`started the controller (metrics ${controller.metrics}); it runs the PKI and signs the agents' certificates`);
   const agents = [];
   for (const [i, node] of nodes.entries()) agents.push(await startAgent(dir, kube, id, node, hosts[i]!, o));
@@ -179,13 +181,14 @@ async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: st
   return { node, pid, endpoint: o.advertise?.[node] ?? `https://${host}:9443`, simDir: join(home, 'sim'), stateDir: join(home, 'state') };
 }
 
-async function startController(dir: string, kube: Kube, id: InstallIdentity) {
+async function startController(dir: string, kube: Kube, id: InstallIdentity, evacuationMaxParallelTotal?: number) {
   const token = await serviceAccountToken(kube, id.namespace, id.controllerServiceAccount);
   const kubeconfig = await tokenKubeconfig(kube, token, id.controllerServiceAccount, join(dir, 'controller.kubeconfig'));
   const port = await freePort();
   const cfg = {
     kubeconfig, namespace: id.namespace, pki: { agentServiceAccount: id.agentServiceAccount },
     metrics: { host: '127.0.0.1', port }, leaderElection: { enabled: true, leaseSeconds: 15 },
+    ...(evacuationMaxParallelTotal ? { evacuation: { maxParallelTotal: evacuationMaxParallelTotal } } : {}),
   };
   const config = join(dir, 'controller.json');
   await writeFile(config, JSON.stringify(cfg, null, 2));

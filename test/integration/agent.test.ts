@@ -115,6 +115,30 @@ describe('agent: a migration through the control API', () => {
     expect(tc.devices).toEqual([expect.objectContaining({ device: 'sim-1', role: 'target', state: 'RUNNING' })]);
   });
 
+  it('takes a commit back (a group rolling back) only while the target never ran; then the source may run', async () => {
+    const before = await simDigest(simDir(source), 'sim-0');
+    await migrate('g1');
+    await verified('g1');
+    await expect(dst.uncommit('sim-0', { migration: 'g1', op: 'uncommit-early' })).resolves.toMatchObject({ uncommitted: false, phase: 'Verified' });
+    await dst.commit('sim-0', { migration: 'g1', op: 'commit' });
+    // Committed: the source refuses to run again, the target is the runner.
+    await expect(src.cancel('g1', { op: 'cancel-1' })).rejects.toMatchObject({ status: 409, code: 'OutcomeUnknown', message: expect.stringMatching(/which committed it/) as unknown });
+    const u = await dst.uncommit('sim-0', { migration: 'g1', op: 'uncommit' });
+    expect(u).toMatchObject({ uncommitted: true, state: 'RUNNING' });
+    expect((await dst.migration('g1')).sessions[0]).toMatchObject({ phase: 'Cancelled', error: { code: 'Uncommitted' } });
+    // The source's cancel asks the target, which no longer holds a commit: the source runs its own state.
+    const c = await src.cancel('g1', { op: 'cancel-2' });
+    expect(c.devices).toEqual([expect.objectContaining({ role: 'source', state: 'RUNNING' })]);
+    expect(await simDigest(simDir(source), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
+
+    await migrate('g2', 'sim-1');
+    await verified('g2');
+    await dst.commit('sim-1', { migration: 'g2', op: 'commit' });
+    await dst.setState('sim-1', { migration: 'g2', op: 'run-p2p', state: 'RUNNING_P2P' });
+    await expect(dst.uncommit('sim-1', { migration: 'g2', op: 'uncommit' })).rejects.toMatchObject({ status: 409, code: 'TargetRan' });
+    await expect(dst.uncommit('sim-0', { migration: 'nope', op: 'uncommit' })).rejects.toMatchObject({ status: 409 });
+  });
+
   it('drains: readiness fails and new work gets 503', async () => {
     const draining = source.stop();
     source.ctx.draining = true;

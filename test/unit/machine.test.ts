@@ -3,6 +3,7 @@ import { next, pastCommit, phaseOf, type Event, type Step } from '../../src/cont
 const ok: Event = { kind: 'ok' };
 const failed: Event = { kind: 'failed', reason: 'ArcFailed', message: 'x' };
 const unknown: Event = { kind: 'unknown', reason: 'OutcomeUnknown', message: 'timeout' };
+const abort: Event = { kind: 'groupAbort', reason: 'GroupRolledBack', message: 'member m-1 failed' };
 
 describe('migration state machine', () => {
   const rows: Array<[Step, Event, Step, string?]> = [
@@ -27,11 +28,26 @@ describe('migration state machine', () => {
     ['Streaming', { kind: 'cancel' }, 'RollBack', 'Cancelled'],
     ['PrepareTarget', { kind: 'timeout' }, 'RollBack', 'Timeout'],
     ['Succeeded', failed, 'Succeeded'],
+    // Groups: a waiting member stays; a sibling's failure rolls it back while its target never ran.
+    ['StartSend', { kind: 'waiting', message: 'w' }, 'StartSend'],
+    ['Commit', { kind: 'waiting', message: 'w' }, 'Commit'],
+    ['Pending', abort, 'Failed', 'GroupRolledBack'],
+    ['StartSend', abort, 'RollBack', 'GroupRolledBack'],
+    ['Streaming', abort, 'RollBack', 'GroupRolledBack'],
+    ['Commit', abort, 'RollBack', 'GroupRolledBack'],
+    ['ResumeTarget', abort, 'RollBack', 'GroupRolledBack'],
+    ['ReleaseSource', abort, 'ReleaseSource'],
+    ['RollBack', abort, 'RollBack'],
+    ['RolledBack', abort, 'RolledBack'],
   ];
   it.each(rows.map(([s, e, w, r]) => [s, e, w, r ?? null] as const))('%s + %j -> %s', (step, ev, want, reason) => {
     const t = next(step, ev);
     expect(t.step).toBe(want);
     expect(t.failure?.reason ?? null).toBe(reason);
+  });
+
+  it('a waiting member says what it waits for', () => {
+    expect(next('Commit', { kind: 'waiting', message: 'waiting for g-1' })).toEqual({ step: 'Commit', waiting: 'waiting for g-1' });
   });
 
   it('an unknown outcome holds the step with a condition, at every step', () => {

@@ -1,0 +1,206 @@
+/**
+ * DeviceEvacuation on the local control plane: every in-use device leaves the node, no more at once
+ * than spec.maxParallel and the controller's cluster-wide limit allow, onto nodes the selector
+ * admits; its status adds up; cancel rolls back what runs and starts nothing; applying the same
+ * YAML again changes nothing, and the controller never writes an evacuation's spec.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as k8s from '@kubernetes/client-node';
+import { API_VERSION } from '../../src/api/names.js';
+import { EVACUATION_LABEL, occupied } from '../../src/controller/evacuation.js';
+import { FIELD_MANAGER, Kube, type DeviceEvacuation } from '../../src/controller/kube.js';
+import { localDown, localUp, type LocalState } from '../../src/local/env.js';
+import { simDigest } from '../../src/vfio/sim/digest.js';
+import { FINAL } from '../helpers/faults.js';
+
+let dir: string;
+let env: LocalState;
+let kube: Kube;
+const GITOPS = 'argocd-controller';
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'devmig-evacuation-'));
+  env = await localUp({ dir, nodes: 4, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.17', evacuationMaxParallelTotal: 2 }, () => undefined);
+  kube = Kube.fromFile(env.kubeconfig);
+}, 20 * 60_000);
+
+afterAll(async () => {
+  await localDown(dir, () => undefined);
+  if (!process.env.DEVMIG_KEEP) await rm(dir, { recursive: true, force: true });
+}, 60_000);
+
+const simDir = (node: string) => env.agents.find((a) => a.node === node)!.simDir;
+
+/** Server-side apply, as a GitOps tool does it: the same document every time. */
+async function apply(name: string, spec: Record<string, unknown>): Promise<DeviceEvacuation> {
+  const body = { apiVersion: API_VERSION, kind: 'DeviceEvacuation', metadata: { name }, spec };
+  return (await kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'deviceevacuations', name, body, fieldManager: GITOPS, force: true },
+    k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.ServerSideApply))) as DeviceEvacuation;
+}
+
+/** Samples the evacuation and its migrations every 50 ms until `done` says so; the most at once. */
+async function follow(names: string[], done: (es: DeviceEvacuation[]) => boolean, ms = 120_000): Promise<{ es: DeviceEvacuation[]; peak: Record<string, number>; peakTotal: number }> {
+  const peak: Record<string, number> = {};
+  let peakTotal = 0;
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const all = await kube.listMigrations(EVACUATION_LABEL);
+    const moving = all.filter((m) => !FINAL.includes(m.status?.phase ?? ''));
+    peakTotal = Math.max(peakTotal, moving.length);
+    for (const n of names) peak[n] = Math.max(peak[n] ?? 0, moving.filter((m) => m.metadata.labels?.[EVACUATION_LABEL] === n).length);
+    const es = await Promise.all(names.map(async (n) => (await kube.getEvacuation(n))!));
+    if (done(es)) return { es, peak, peakTotal };
+    if (Date.now() > deadline) throw new Error(`evacuations not done in ${ms / 1000}s: ${JSON.stringify(es.map((e) => e.status))}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+const finished = (es: DeviceEvacuation[]) => es.every((e) => e.status?.finishedAt);
+const DEVICES = ['sim-0', 'sim-1', 'sim-2'];
+
+/** An evacuation reads the node's published inventory: wait until it shows the last migrations' end. */
+async function quiet(node: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const dn = await kube.getDeviceNode(node);
+    if (dn?.status?.devices?.filter((d) => d.state === 'RUNNING' && !d.migration).length === 3) return;
+    if (Date.now() > deadline) throw new Error(`${node} never showed 3 free running devices: ${JSON.stringify(dn?.status?.devices)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** A node (not `but`) whose three devices all are free to receive, labelled pool=<pool>. */
+async function spareNode(but: string, pool: string): Promise<string> {
+  const busy = occupied(await kube.listMigrations());
+  const node = ['node-1', 'node-2', 'node-3', 'node-4'].find((n) => n !== but && DEVICES.every((d) => !busy.has(`${n}/${d}`)));
+  if (!node) throw new Error(`no node with three free devices: ${[...busy].join(', ')}`);
+  await kube.core.patchNode({ name: node, body: { metadata: { labels: { pool } } } }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
+  return node;
+}
+
+it('moves every device off the node, one at a time, with the state intact; applying again changes nothing', async () => {
+  const before = await Promise.all(DEVICES.map((d) => simDigest(simDir('node-1'), d)));
+  await apply('drain-node-1', { node: 'node-1', maxParallel: 1 });
+  const { es: [e], peak } = await follow(['drain-node-1'], finished);
+  expect(e!.status).toMatchObject({ phase: 'Succeeded', counts: { total: 3, succeeded: 3, running: 0, failed: 0, waiting: 0 } });
+  expect(peak['drain-node-1']).toBe(1);
+  expect(e!.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Succeeded', message: '3 of 3 moved, 0 moving, 0 failed, 0 waiting' });
+  for (const [i, dev] of e!.status!.devices!.entries()) {
+    expect(dev).toMatchObject({ device: `sim-${i}`, migration: `drain-node-1-sim-${i}`, phase: 'Succeeded' });
+    expect(dev.targetNode).not.toBe('node-1');
+    // The workload's state is on the target, bit for bit.
+    expect((await simDigest(simDir(dev.targetNode!), dev.targetDevice!)).sha256).toBe(before[i]!.sha256);
+  }
+  // Three devices, three distinct targets: a device that just received one is not free for the next.
+  expect(new Set(e!.status!.devices!.map((d) => `${d.targetNode}/${d.targetDevice}`)).size).toBe(3);
+
+  // GitOps: the controller wrote status only; applying the same YAML is a no-op.
+  const managers = e!.metadata as unknown as { managedFields: Array<{ manager: string; subresource?: string; fieldsV1?: { 'f:spec'?: unknown } }> };
+  expect(managers.managedFields.filter((f) => f.fieldsV1?.['f:spec']).map((f) => f.manager)).toEqual([GITOPS]);
+  expect(managers.managedFields.filter((f) => f.manager === FIELD_MANAGER).every((f) => f.subresource === 'status')).toBe(true);
+  expect(e!.metadata.generation).toBe(1);
+  const again = await apply('drain-node-1', { node: 'node-1', maxParallel: 1 });
+  expect(again.metadata.resourceVersion).toBe(e!.metadata.resourceVersion);
+  await new Promise((r) => setTimeout(r, 2000));
+  expect((await kube.listMigrations(`${EVACUATION_LABEL}=drain-node-1`)).length).toBe(3);
+  expect((await kube.getEvacuation('drain-node-1'))!.metadata.resourceVersion).toBe(e!.metadata.resourceVersion);
+}, 180_000);
+
+it('holds two evacuations to the cluster-wide limit together, and never moves a device onto a node being drained', async () => {
+  // node-3's evacuation first waits for a target (its selector matches nothing), so it exists before
+  // node-2's starts; then its selector is widened: neither may pick the other's node.
+  await apply('drain-node-3', { node: 'node-3', maxParallel: 2, targetNodeSelector: { matchLabels: { pool: 'later' } } });
+  await follow(['drain-node-3'], ([x]) => Boolean(x?.status?.conditions?.some((c) => c.reason === 'NoTarget')), 30_000);
+  await apply('drain-node-2', { node: 'node-2', maxParallel: 2 });
+  await apply('drain-node-3', { node: 'node-3', maxParallel: 2 });
+  const { es, peakTotal } = await follow(['drain-node-2', 'drain-node-3'], finished, 180_000);
+  for (const e of es) expect(e.status).toMatchObject({ phase: 'Succeeded', counts: { succeeded: 3, failed: 0 } });
+  // Each may run 2, the controller allows 2 over all evacuations (local env: evacuationMaxParallelTotal 2).
+  expect(peakTotal).toBeLessThanOrEqual(2);
+  expect(peakTotal).toBeGreaterThanOrEqual(1);
+  // node-2's evacuation ran while node-3's waited: none of its devices went to node-3.
+  expect(es[0]!.status!.devices!.every((d) => d.targetNode !== 'node-3' && d.targetNode !== 'node-2')).toBe(true);
+  expect(es[1]!.status!.devices!.every((d) => d.targetNode !== 'node-3')).toBe(true);
+  const targets = es.flatMap((e) => e.status!.devices!.map((d) => `${d.targetNode}/${d.targetDevice}`));
+  expect(new Set(targets).size).toBe(6);
+}, 180_000);
+
+it('waits with TargetsAvailable False when no node matches, and cancel ends it with nothing started', async () => {
+  await quiet('node-4');
+  await apply('drain-nowhere', { node: 'node-4', targetNodeSelector: { matchLabels: { pool: 'nonexistent' } } });
+  const { es: [e] } = await follow(['drain-nowhere'], ([x]) => Boolean(x?.status?.conditions?.some((c) => c.type === 'TargetsAvailable' && c.status === 'False')), 30_000);
+  expect(e!.status?.phase).toBe('Pending');
+  expect(e!.status?.conditions?.find((c) => c.type === 'TargetsAvailable')).toMatchObject({
+    reason: 'NoTarget', message: expect.stringMatching(/sim-0, sim-1, sim-2: no node matching spec.targetNodeSelector \(pool=nonexistent\)/) as unknown,
+  });
+  expect(await kube.listMigrations(`${EVACUATION_LABEL}=drain-nowhere`)).toHaveLength(0);
+
+  await apply('drain-nowhere', { node: 'node-4', targetNodeSelector: { matchLabels: { pool: 'nonexistent' } }, cancel: true });
+  const { es: [c] } = await follow(['drain-nowhere'], finished, 30_000);
+  expect(c!.status?.phase).toBe('Cancelled');
+  expect(c!.status?.devices?.map((d) => d.phase)).toEqual(['NotStarted', 'NotStarted', 'NotStarted']);
+  expect(await kube.listMigrations(`${EVACUATION_LABEL}=drain-nowhere`)).toHaveLength(0);
+}, 90_000);
+
+it('cancel rolls back the running migration, starts no new one, and leaves the sources running', async () => {
+  await quiet('node-4');
+  await spareNode('node-4', 'b');
+  const before = await Promise.all(DEVICES.map((d) => simDigest(simDir('node-4'), d)));
+  // 4 MiB at 512 KiB/s: each migration streams for about 8 s.
+  const spec = { node: 'node-4', maxParallel: 1, strategy: 'StopCopy', limits: { bandwidth: '512Ki' }, targetNodeSelector: { matchLabels: { pool: 'b' } } };
+  await apply('drain-cancel', spec);
+  await follow(['drain-cancel'], ([x]) => x?.status?.counts?.running === 1, 30_000);
+  await new Promise((r) => setTimeout(r, 1500));
+  await apply('drain-cancel', { ...spec, cancel: true });
+  const { es: [e] } = await follow(['drain-cancel'], finished, 90_000);
+  expect(e!.status?.phase).toBe('Cancelled');
+  const ms = await kube.listMigrations(`${EVACUATION_LABEL}=drain-cancel`);
+  expect(ms).toHaveLength(1);
+  expect(['RolledBack', 'Cancelled']).toContain(ms[0]!.status?.phase);
+  expect(e!.status?.devices?.map((d) => d.phase).sort()).toEqual(['NotStarted', 'NotStarted', ms[0]!.status!.phase!].sort());
+  for (const [i, d] of DEVICES.entries()) {
+    const now = await simDigest(simDir('node-4'), d);
+    expect(now.state).toBe('RUNNING');
+    expect(now.sha256).toBe(before[i]!.sha256);
+  }
+}, 180_000);
+
+it('kubectl devmig evacuate creates one, follows it to the end, and refuses bad flags', async () => {
+  const { pluginMain } = await import('../../src/cli/plugin.js');
+  const plugin = async (...args: string[]) => {
+    let stdout = '';
+    let stderr = '';
+    const code = await pluginMain(['--kubeconfig', env.kubeconfig, ...args], { out: (t) => { stdout += `${t}\n`; }, err: (t) => { stderr += `${t}\n`; } });
+    return { code, stdout, stderr };
+  };
+  await quiet('node-4');
+  const spare = await spareNode('node-4', 'c');
+  const r = await plugin('evacuate', 'node-4', '--to-selector', 'pool=c', '--max-parallel', '2', '--wait', '-o', 'json');
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  const e = JSON.parse(r.stdout) as DeviceEvacuation;
+  expect(e.metadata.name).toBe('evacuate-node-4');
+  expect(e.spec).toMatchObject({ node: 'node-4', maxParallel: 2, targetNodeSelector: { matchLabels: { pool: 'c' } } });
+  expect(e.status).toMatchObject({ phase: 'Succeeded', counts: { total: 3, succeeded: 3 } });
+  expect(e.status?.devices?.every((d) => d.targetNode === spare)).toBe(true);
+
+  const again = await plugin('evacuate', 'node-4');
+  expect(again.code).toBe(1);
+  expect(again.stderr).toMatch(/deviceevacuation evacuate-node-4 exists: follow it with kubectl get devac evacuate-node-4 -w, or pick another --name/);
+  const zero = await plugin('evacuate', 'node-4', '--name', 'x', '--max-parallel', '0');
+  expect(zero).toMatchObject({ code: 2, stderr: expect.stringMatching(/--max-parallel 0: a whole number from 1 to 64/) as unknown });
+  const sel = await plugin('evacuate', 'node-4', '--name', 'x', '--to-selector', 'pool');
+  expect(sel).toMatchObject({ code: 2, stderr: expect.stringMatching(/--to-selector "pool": write key=value/) as unknown });
+  const node = await plugin('evacuate', 'Node_4', '--name', 'x');
+  expect(node).toMatchObject({ code: 2, stderr: expect.stringMatching(/node "Node_4": not a node name/) as unknown });
+  expect(await kube.getEvacuation('x')).toBeUndefined();
+  const text = await plugin('status', 'evacuate-node-4-sim-0');
+  expect(text.stdout).toMatch(/Succeeded/);
+}, 120_000);
+
+it('rejects an evacuation whose node changes, and a cancel taken back', async () => {
+  await apply('drain-immutable', { node: 'node-9', cancel: true });
+  await expect(apply('drain-immutable', { node: 'node-8', cancel: true })).rejects.toThrow(/spec.node is immutable/);
+  await expect(apply('drain-immutable', { node: 'node-9', cancel: false })).rejects.toThrow(/cancel/);
+}, 30_000);
