@@ -9,7 +9,11 @@ export default {
   moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
   testMatch: ['<rootDir>/test/**/*.test.ts'],
   // The fault matrix runs on its own (npm run test:faults): it kills processes and needs the machine.
-  testPathIgnorePatterns: process.env.DEVMIG_FAULTS ? [] : ['<rootDir>/test/faults/'],
+  // The load run (npm run test:load: 20 agents, 200 migrations) too.
+  testPathIgnorePatterns: [
+    ...(process.env.DEVMIG_FAULTS ? [] : ['<rootDir>/test/faults/']),
+    ...(process.env.DEVMIG_LOAD ? [] : ['<rootDir>/test/load/']),
+  ],
   testTimeout: 60000,
   // Integration tests start real processes and servers; two workers match the 2-core CI machine.
   maxWorkers: 2,
