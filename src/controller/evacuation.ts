@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Condition, DeviceEvacuationStatus } from '../api/types.js';
 import type { DeviceEvacuation, DeviceMigration, DeviceNode, Kube } from './kube.js';
+import { inFlight, occupied } from './validate.js';
 
 export const EVACUATION_LABEL = 'devmig.io/evacuation';
 const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
@@ -48,23 +49,6 @@ export function selectorString(s: DeviceEvacuation['spec']['targetNodeSelector']
     else parts.push(`!${e.key}`);
   }
   return parts.length ? parts.join(',') : undefined;
-}
-
-/**
- * Devices that run state some migration moved there: the target of a Succeeded migration that no
- * later migration moved away again. An agent cannot tell a spare RUNNING device from a busy one;
- * the migrations' history can, for every device devmig itself filled.
- */
-export function occupied(migrations: DeviceMigration[]): Set<string> {
-  const done = migrations.filter((m) => m.status?.phase === 'Succeeded' && m.status.committedAt)
-    .sort((a, b) => Date.parse(a.status!.committedAt!) - Date.parse(b.status!.committedAt!));
-  const out = new Set<string>();
-  for (const m of done) {
-    out.delete(`${m.spec.source.node}/${m.spec.source.device}`);
-    const dev = m.status?.targetDevice ?? m.spec.target.device;
-    if (dev) out.add(`${m.spec.target.node}/${dev}`);
-  }
-  return out;
 }
 
 export class Evacuator {
@@ -104,7 +88,7 @@ export class Evacuator {
       const clusterRunning = all.filter((m) => !isFinal(m)).length;
       let budget = Math.min(e.spec.maxParallel - running.length, this.d.maxParallelTotal - clusterRunning);
       if (budget > 0) {
-        const free = await this.freeTargets(e, source, all);
+        const free = await this.freeTargets(e, source);
         for (const dev of waiting) {
           if (budget <= 0) break;
           const pick = this.pick(free, source, dev, e.spec.strategy);
@@ -178,17 +162,13 @@ export class Evacuator {
    * Per candidate node, its devices no migration holds or is about to take. A node that an
    * evacuation still drains is no target: what moved there would have to move again.
    */
-  private async freeTargets(e: DeviceEvacuation, source: DeviceNode | undefined, all: DeviceMigration[]): Promise<Map<string, DeviceNode>> {
+  private async freeTargets(e: DeviceEvacuation, source: DeviceNode | undefined): Promise<Map<string, DeviceNode>> {
     const draining = new Set((await this.d.kube.listEvacuations())
       .filter((x) => !x.metadata.deletionTimestamp && !DONE.has(x.status?.phase ?? ''))
       .map((x) => x.spec.node));
     const nodes = (await this.d.kube.listNodes(selectorString(e.spec.targetNodeSelector))).filter((n) => n !== e.spec.node && !draining.has(n));
     const others = await this.d.kube.listMigrations();
-    const taken = new Set([...all, ...others].filter((m) => !isFinal(m)).flatMap((m) => {
-      const dev = m.status?.targetDevice ?? m.spec.target.device;
-      return dev ? [`${m.spec.target.node}/${dev}`] : [];
-    }));
-    for (const key of occupied(others)) taken.add(key);
+    const taken = new Set([...inFlight(others).keys(), ...occupied(others)]);
     const out = new Map<string, DeviceNode>();
     for (const n of nodes) {
       const dn = await this.d.kube.getDeviceNode(n);

@@ -138,7 +138,16 @@ export class Reconciler {
     return undefined;
   }
 
-  private async validateStep(m: DeviceMigration, status: Status): Promise<Applied> {
+  /** Validations one at a time: each sees the target devices the ones before it chose and recorded. */
+  private choosing: Promise<unknown> = Promise.resolve();
+
+  private validateStep(m: DeviceMigration, status: Status): Promise<Applied> {
+    const run = this.choosing.then(() => this.validateNow(m, status));
+    this.choosing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async validateNow(m: DeviceMigration, status: Status): Promise<Applied> {
     const spec = deviceMigrationSpec.safeParse(m.spec);
     const v = spec.success ? await validate(this.d.kube, m) : { ok: false as const, reason: 'InvalidSpec', message: spec.error.message };
     if (!v.ok) {

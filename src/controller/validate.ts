@@ -12,6 +12,41 @@ const HEARTBEAT_STALE_MS = 60_000;
 const TRANSIENT = new Set(['AgentNotReady', 'DeviceBusy', 'NoFreeDevice']);
 const fail = (reason: string, message: string): Validation => ({ ok: false, reason, message, retry: TRANSIENT.has(reason) });
 
+const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
+
+/**
+ * Devices that run state some migration moved there: the target of a Succeeded migration that no
+ * later migration moved away again. An agent cannot tell a spare RUNNING device from a busy one;
+ * the migrations' history can, for every device devmig itself filled.
+ */
+export function occupied(migrations: DeviceMigration[]): Set<string> {
+  const done = migrations.filter((m) => m.status?.phase === 'Succeeded' && m.status.committedAt)
+    .sort((a, b) => Date.parse(a.status!.committedAt!) - Date.parse(b.status!.committedAt!));
+  const out = new Set<string>();
+  for (const m of done) {
+    out.delete(`${m.spec.source.node}/${m.spec.source.device}`);
+    const dev = m.status?.targetDevice ?? m.spec.target.device;
+    if (dev) out.add(`${m.spec.target.node}/${dev}`);
+  }
+  return out;
+}
+
+/**
+ * node/device -> the unfinished migration that names it (source, or target once chosen). The
+ * agents' DeviceNodes say the same only after an agent claimed the device and published it: two
+ * migrations validated in that gap would pick one device twice.
+ */
+export function inFlight(migrations: DeviceMigration[], but?: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const x of migrations) {
+    if (x.metadata.name === but || FINAL.has(x.status?.phase ?? '')) continue;
+    out.set(`${x.spec.source.node}/${x.spec.source.device}`, x.metadata.name);
+    const dev = x.status?.targetDevice ?? x.spec.target.device;
+    if (dev) out.set(`${x.spec.target.node}/${dev}`, x.metadata.name);
+  }
+  return out;
+}
+
 export async function validate(kube: Kube, m: DeviceMigration): Promise<Validation> {
   const { source, target } = m.spec;
   for (const [field, n] of [['spec.source.node', source.node], ['spec.target.node', target.node]] as const) {
@@ -27,7 +62,11 @@ export async function validate(kube: Kube, m: DeviceMigration): Promise<Validati
   if (!sd) return fail('DeviceNotFound', `spec.source.device: node ${source.node} has no device ${source.device} (it has: ${names(sn!)}); fix spec.source.device`);
   if (!sd.flags.includes('STOP_COPY')) return fail('MigrationUnsupported', `spec.source.device: device ${source.device} on ${source.node} has no migration support (its driver lacks VFIO_MIGRATION_STOP_COPY)`);
   if (sd.migration && sd.migration !== m.metadata.name) return fail('DeviceBusy', `spec.source.device: device ${source.device} on ${source.node} is in use by migration ${sd.migration}; this one waits for it`);
-  const pick = pickTarget(m, tn!);
+  const all = await kube.listMigrations();
+  const busy = inFlight(all, m.metadata.name);
+  const holder = busy.get(`${source.node}/${source.device}`);
+  if (holder) return fail('DeviceBusy', `spec.source.device: device ${source.device} on ${source.node} is in use by migration ${holder}; this one waits for it`);
+  const pick = pickTarget(m, tn!, busy, occupied(all));
   if (typeof pick === 'object' && 'ok' in pick) return pick;
   if (m.spec.strategy === 'PreCopy' && !(sd.flags.includes('PRE_COPY') && pick.flags.includes('PRE_COPY'))) {
     return fail('FlagsIncompatible', `spec.strategy: PreCopy needs PRE_COPY on both devices (${source.device}: ${sd.flags.join(',')}; ${pick.name}: ${pick.flags.join(',')}); use StopCopy or Auto`);
@@ -37,15 +76,23 @@ export async function validate(kube: Kube, m: DeviceMigration): Promise<Validati
 
 type NodeDevice = NonNullable<NonNullable<DeviceNode['status']>['devices']>[number];
 
-/** The target device: the one named, or the first free one that can migrate. */
-function pickTarget(m: DeviceMigration, tn: DeviceNode): NodeDevice | Validation {
+/**
+ * The target device: the one named, or a free one that can migrate: no migration holds it, none
+ * put a workload's state there that is still on it; one some migration left stopped first.
+ */
+function pickTarget(m: DeviceMigration, tn: DeviceNode, busy: Map<string, string>, filled: Set<string>): NodeDevice | Validation {
   const { source, target } = m.spec;
   const candidates = (tn.status?.devices ?? []).filter((d) => !target.device || d.name === target.device);
   if (target.device && candidates.length === 0) {
     return fail('DeviceNotFound', `spec.target.device: node ${target.node} has no device ${target.device} (it has: ${names(tn)}); fix spec.target.device`);
   }
-  const pick = candidates.find((d) => d.flags.includes('STOP_COPY') && (!d.migration || d.migration === m.metadata.name)
-    && !(target.node === source.node && d.name === source.device));
+  const holder = target.device ? busy.get(`${target.node}/${target.device}`) : undefined;
+  if (holder) return fail('DeviceBusy', `spec.target.device: device ${target.device} on ${target.node} is in use by migration ${holder}; this one waits for it`);
+  const pick = candidates
+    .filter((d) => target.device || (!busy.has(`${target.node}/${d.name}`) && !filled.has(`${target.node}/${d.name}`)))
+    .sort((a, b) => Number(a.state === 'RUNNING') - Number(b.state === 'RUNNING'))
+    .find((d) => d.flags.includes('STOP_COPY') && (!d.migration || d.migration === m.metadata.name)
+      && !(target.node === source.node && d.name === source.device));
   if (pick) return pick;
   return fail(target.device ? 'DeviceBusy' : 'NoFreeDevice', target.device
     ? `spec.target.device: device ${target.device} on ${target.node} cannot receive: it is in use or has no migration support`

@@ -209,15 +209,17 @@ async function readResponse(req: ClientHttp2Stream): Promise<TargetVerdict> {
   const chunks: Buffer[] = [];
   for await (const c of req) chunks.push(c as Buffer);
   const text = Buffer.concat(chunks).toString('utf8');
-  let body: Partial<TargetVerdict> & { error?: string; message?: string };
+  // Stream verdicts carry { error: code, message }; the server's refusals { error: { code, message } }.
+  let body: Omit<Partial<TargetVerdict>, 'error'> & { error?: string | { code?: string; message?: string }; message?: string };
   try {
     body = JSON.parse(text) as typeof body;
   } catch {
     throw new RelayError('PeerRefused', `the target answered ${status} with a body that is not JSON: ${text.slice(0, 200)}`, status);
   }
-  if (status === 200 && body.verified) return body as TargetVerdict;
+  if (status === 200 && body.verified) return body as unknown as TargetVerdict;
   const code = status === 422 ? 'StreamMismatch' : 'PeerRefused';
-  throw new RelayError(code, `the target refused the stream (${status}): ${body.message ?? body.error ?? text}`, status);
+  const why = typeof body.error === 'object' ? `${body.error.code ?? ''}: ${body.error.message ?? ''}` : body.message ?? body.error ?? text;
+  throw new RelayError(code, `the target refused the stream (${status}): ${why}`, status);
 }
 
 async function openSession(opts: SendOptions): Promise<ClientHttp2Session> {

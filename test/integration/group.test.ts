@@ -163,3 +163,22 @@ it('cancel rolls every member back; the API server refuses a source listed twice
   await expect(create('self', { members: [{ source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-1', device: 'sim-0' } }] }))
     .rejects.toThrow(/each target must differ from its source/);
 }, 120_000);
+
+it('two migrations created at once to one node pick two different free devices, never one holding moved state', async () => {
+  const make = (name: string, device: string) => kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
+    apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name }, spec: { source: { node: 'node-3', device }, target: { node: 'node-2' }, strategy: 'StopCopy' },
+  } });
+  await Promise.all([make('pair-a', 'sim-2'), make('pair-b', 'sim-3')]);
+  const deadline = Date.now() + 60_000;
+  let ms: DeviceMigration[] = [];
+  while (!(ms.length === 2 && ms.every((m) => FINAL.includes(m.status?.phase ?? '')))) {
+    if (Date.now() > deadline) throw new Error(`pair not final: ${JSON.stringify(ms.map((m) => m.status))}`);
+    await new Promise((r) => setTimeout(r, 100));
+    ms = (await kube.listMigrations()).filter((m) => m.metadata.name.startsWith('pair-'));
+  }
+  expect(ms.map((m) => m.status?.phase)).toEqual(['Succeeded', 'Succeeded']);
+  const picked = ms.map((m) => m.status!.targetDevice!);
+  expect(new Set(picked).size).toBe(2);
+  // node-2/sim-0 runs the state workload-b moved there: not free.
+  expect(picked).not.toContain('sim-0');
+}, 90_000);

@@ -114,8 +114,10 @@ it(`${MIGRATIONS} migrations across ${NODES} nodes all succeed within the per-no
   const per = (r: string) => ((requestsAfter.get(r) ?? 0) - (requestsBefore.get(r) ?? 0)) / MIGRATIONS;
   const byPhase = phases.reduce<Record<string, number>>((acc, m) => ({ ...acc, [m.status!.phase!]: (acc[m.status!.phase!] ?? 0) + 1 }), {});
   const maxSeen = Math.max(...[...peak.values()].map((p) => p.active));
+  const failures = phases.filter((m) => m.status?.phase !== 'Succeeded')
+    .reduce<Record<string, string>>((acc, m) => ({ ...acc, [m.status?.failure?.reason ?? '?']: `${m.metadata.name}: ${m.status?.failure?.message ?? ''}` }), {});
   const report = {
-    migrations: MIGRATIONS, nodes: NODES, seconds: Number(seconds.toFixed(1)), phases: byPhase,
+    migrations: MIGRATIONS, nodes: NODES, seconds: Number(seconds.toFixed(1)), phases: byPhase, failures,
     peak_sessions_per_node: maxSeen, max_sessions: [...peak.values()][0]?.max,
     controller_peak_rss_mib: Number(hwm.toFixed(1)),
     api_requests_per_migration: Number(per('*').toFixed(1)),
