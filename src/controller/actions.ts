@@ -207,7 +207,8 @@ async function observe(c: StepContext): Promise<Outcome> {
   }
   const s = view.sessions.find((x) => x.role === 'source' && x.device === c.m.spec.source.device);
   if (!s) return { event: { kind: 'failed', reason: 'NoSession', message: 'the source agent has no session for this migration' } };
-  const transfer = measure(c, s.bytes, s.remainingBytes, s.digest);
+  const idle = s.precopy !== undefined && s.precopy.initialBytes === 0 && s.precopy.dirtyBytes === 0;
+  const transfer = measure(c, s.bytes, s.remainingBytes, s.digest, idle);
   if (s.phase === 'Verified') return { event: { kind: 'verified' }, status: { transfer } };
   if (s.phase === 'Failed' || s.phase === 'Cancelled' || s.phase === 'Interrupted') {
     if (s.allSent && (await targetVerified(c))) return { event: { kind: 'verified' }, status: { transfer } };
@@ -224,18 +225,18 @@ async function observe(c: StepContext): Promise<Outcome> {
  * Bytes, the measured rate (a moving average over the controller's looks, so one slow look does not
  * swing it), and the total expected: what was sent plus what the device says is left.
  */
-function measure(c: StepContext, bytes: number, remaining: number | undefined, digest: string | undefined) {
+function measure(c: StepContext, bytes: number, remaining: number | undefined, digest: string | undefined, idle = false) {
   const prev = c.m.status?.transfer;
   const at = new Date(c.now).toISOString();
   let rate = prev?.rate;
-  if (prev?.observedAt && bytes >= prev.bytes) {
+  // A stream with nothing to send is not a slow link: the rate stays what it was while data flowed
+  // (and observedAt moves on, so the next look measures from here).
+  const stalledByDevice = idle && bytes === prev?.bytes;
+  if (prev?.observedAt && bytes >= prev.bytes && !stalledByDevice) {
     const dt = (c.now - Date.parse(prev.observedAt)) / 1000;
-    if (dt >= 0.2) {
-      const now = (bytes - prev.bytes) / dt;
-      rate = Math.round(rate === undefined ? now : 0.5 * rate + 0.5 * now);
-    } else {
-      return { ...prev, bytes, ...(digest ? { digest } : {}) };
-    }
+    if (dt < 0.2) return { ...prev, bytes, ...(digest ? { digest } : {}) };
+    const now = (bytes - prev.bytes) / dt;
+    rate = Math.round(rate === undefined ? now : 0.5 * rate + 0.5 * now);
   }
   const expected = remaining !== undefined ? bytes + remaining : prev?.expectedBytes;
   return { bytes, observedAt: at, ...(rate !== undefined ? { rate } : {}), ...(expected !== undefined ? { expectedBytes: Math.max(expected, bytes) } : {}), ...(digest ? { digest } : {}) };
@@ -251,8 +252,9 @@ function convergence(c: StepContext, p: { initialBytes: number; dirtyBytes: numb
   const cap = c.m.spec.limits?.bandwidth ? parseQuantity(c.m.spec.limits.bandwidth) : undefined;
   // Until a rate is measured, the bandwidth cap is the best guess; then the measured rate (never above the cap).
   const rate = measured !== undefined && measured > 0 ? Math.min(measured, cap ?? measured) : cap;
-  // Nothing dirty is nothing to send, whatever the rate: an idle stream measures a rate of 0.
-  const estimate = p.dirtyBytes === 0 ? 0 : rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
+  // Nothing dirty is nothing to send, whatever the rate; but only once a rate was measured at all,
+  // not on a first look between two dirtying bursts.
+  const estimate = p.dirtyBytes === 0 && measured !== undefined ? 0 : rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
   if (p.initialBytes === 0 && estimate !== undefined && estimate <= allowedMs) {
     return { event: { kind: 'converged' }, status: { convergence: {
       reason: 'Converged', estimatedDowntimeMs: estimate,
