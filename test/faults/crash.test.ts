@@ -1,6 +1,7 @@
 /**
- * The fault matrix, crashes: SIGKILL the source agent, the target agent or the controller at a stage
- * of a migration, start it again, and check DESIGN.md's invariants on the outcome: the migration ends
+ * The fault matrix, crashes: SIGKILL the source agent, the target agent or the controller at each of
+ * six stages of a migration (prepared, mid-PRE_COPY, mid-STOP_COPY, validated, committed, resuming),
+ * start it again, and check DESIGN.md's invariants on the outcome: the migration ends
  * (Succeeded, or RolledBack with the source RUNNING and its digest unchanged), never with both devices
  * RUNNING on the state, within a bounded time. Prints the table.
  */
@@ -25,7 +26,7 @@ const rows: string[][] = [];
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'devmig-faults-'));
-  env = await localUp({ dir, nodes: 2, devices: 16, stateSize: '8Mi', loopbackPrefix: '127.0.2' }, () => undefined);
+  env = await localUp({ dir, nodes: 2, devices: 19, stateSize: '8Mi', loopbackPrefix: '127.0.2' }, () => undefined);
   kube = Kube.fromFile(env.kubeconfig);
   pids.controller = env.controller.pid;
   for (const a of env.agents) pids.agents[a.node] = a.pid;
@@ -65,6 +66,7 @@ interface Stage {
   /** A slow arc that holds the migration in the stage long enough to kill something in it. */
   readonly slow?: { node: 'node-1' | 'node-2'; arc: string };
   readonly bandwidth?: string;
+  readonly strategy?: 'PreCopy';
   readonly when: (name: string, device: string) => Promise<boolean>;
 }
 
@@ -75,6 +77,8 @@ const notFinal = async (name: string) => !['Succeeded', 'RolledBack', 'Failed', 
 const STAGES: Record<string, Stage> = {
   // The target waits in RESUMING while the source's first arc (RUNNING -> RUNNING_P2P) takes 4 s.
   prepared: { slow: { node: 'node-1', arc: 'RUNNING>RUNNING_P2P' }, when: async (n, d) => (await stateOf('node-2', d)) === 'RESUMING' && (await stateOf('node-1', d)) === 'RUNNING' && notFinal(n) },
+  // PRE_COPY while the device runs: 8 MiB of initial data at 4 MiB/s.
+  precopy: { strategy: 'PreCopy', bandwidth: '4Mi', when: async (n) => (await phaseOf(n)) === 'PreCopy' && ((await kube.getMigration(n))?.status?.transfer?.bytes ?? 0) > 2 ** 20 },
   streaming: { bandwidth: '4Mi', when: async (n) => (await phaseOf(n)) === 'StopCopy' && ((await kube.getMigration(n))?.status?.transfer?.bytes ?? 0) > 2 ** 20 },
   // RESUMING -> STOP accepted the stream; STOP -> RUNNING_P2P takes 4 s.
   validated: { slow: { node: 'node-2', arc: 'STOP>RUNNING_P2P' }, when: async (n, d) => (await stateOf('node-2', d)) === 'STOP' && notFinal(n) },
@@ -95,7 +99,7 @@ async function scenario(stageName: string, victim: Victim) {
   const before = await simDigest(simDir('node-1'), device);
   await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
     apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name },
-    spec: { source: { node: 'node-1', device }, target: { node: 'node-2', device }, strategy: 'StopCopy', ...(stage.bandwidth ? { limits: { bandwidth: stage.bandwidth } } : {}) },
+    spec: { source: { node: 'node-1', device }, target: { node: 'node-2', device }, strategy: stage.strategy ?? 'StopCopy', ...(stage.bandwidth ? { limits: { bandwidth: stage.bandwidth } } : {}) },
   } });
   await until(`${name} reaches the stage`, () => stage.when(name, device), 30_000, 20);
   kill(victim);
