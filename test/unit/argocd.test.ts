@@ -10,7 +10,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { parse } from 'yaml';
-import { deviceMigrationSpec, deviceMigrationStatus, deviceNodeSpec, deviceNodeStatus } from '../../src/api/types.js';
+import {
+  deviceEvacuationSpec, deviceEvacuationStatus, deviceMigrationGroupSpec, deviceMigrationGroupStatus, deviceMigrationSpec, deviceMigrationStatus,
+  deviceNodeSpec, deviceNodeStatus,
+} from '../../src/api/types.js';
 import { goBinary } from '../../src/local/apiserver.js';
 
 const exec = promisify(execFile);
@@ -31,7 +34,7 @@ it('every case of every health check gives the status and message it promises', 
   const r = await runChecks(CHECKS);
   process.stdout.write(r.out);
   expect(r.code).toBe(0);
-  expect(r.out.match(/^ok /gm)?.length).toBe(10);
+  expect(r.out.match(/^ok /gm)?.length).toBe(20);
 }, 300_000);
 
 it('a case whose expectation is wrong fails the run (the harness can fail)', async () => {
@@ -49,7 +52,10 @@ it('a case whose expectation is wrong fails the run (the harness can fail)', asy
 }, 300_000);
 
 it('the test inputs are objects devmig\'s schemas accept', async () => {
-  for (const [kind, spec, status] of [['DeviceMigration', deviceMigrationSpec, deviceMigrationStatus], ['DeviceNode', deviceNodeSpec, deviceNodeStatus]] as const) {
+  for (const [kind, spec, status] of [
+    ['DeviceMigration', deviceMigrationSpec, deviceMigrationStatus], ['DeviceNode', deviceNodeSpec, deviceNodeStatus],
+    ['DeviceEvacuation', deviceEvacuationSpec, deviceEvacuationStatus], ['DeviceMigrationGroup', deviceMigrationGroupSpec, deviceMigrationGroupStatus],
+  ] as const) {
     const dir = join(CHECKS, 'devmig.io', kind, 'testdata');
     for (const f of await readdir(dir)) {
       const o = parse(await readFile(join(dir, f), 'utf8')) as { kind: string; spec: unknown; status?: unknown };
