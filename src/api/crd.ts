@@ -52,6 +52,16 @@ interface Kind {
   readonly columns: Array<{ name: string; type: string; jsonPath: string; description?: string; priority?: number }>;
 }
 
+/** spec.limits and spec.precopy mean the same in every kind that has them: positive quantities and durations. */
+const LIMIT_RULES: NonNullable<Kind['fieldRules']> = {
+  'limits.bandwidth': [{ rule: "quantity(self).isGreaterThan(quantity('0'))", message: 'spec.limits.bandwidth must be positive, e.g. 500Mi' }],
+  'limits.timeout': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.timeout must be positive, e.g. 10m' }],
+  'limits.maxDowntime': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.maxDowntime must be positive, e.g. 300ms' }],
+};
+const PRECOPY_RULES: NonNullable<Kind['fieldRules']> = {
+  'precopy.maxDuration': [{ rule: "duration(self) > duration('0s')", message: 'spec.precopy.maxDuration must be positive, e.g. 5m' }],
+};
+
 const migration: Kind = {
   kind: 'DeviceMigration',
   plural: 'devicemigrations',
@@ -74,12 +84,7 @@ const migration: Kind = {
       fieldPath: '.target',
     },
   ],
-  fieldRules: {
-    'limits.bandwidth': [{ rule: "quantity(self).isGreaterThan(quantity('0'))", message: 'spec.limits.bandwidth must be positive, e.g. 500Mi' }],
-    'limits.timeout': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.timeout must be positive, e.g. 10m' }],
-    'limits.maxDowntime': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.maxDowntime must be positive, e.g. 300ms' }],
-    'precopy.maxDuration': [{ rule: "duration(self) > duration('0s')", message: 'spec.precopy.maxDuration must be positive, e.g. 5m' }],
-  },
+  fieldRules: { ...LIMIT_RULES, ...PRECOPY_RULES },
   columns: [
     { name: 'Source', type: 'string', jsonPath: '.spec.source.node' },
     { name: 'Target', type: 'string', jsonPath: '.spec.target.node' },
@@ -117,11 +122,7 @@ const evacuation: Kind = {
     { rule: 'self.node == oldSelf.node', message: 'spec.node is immutable: create another DeviceEvacuation for another node', fieldPath: '.node' },
     { rule: '!oldSelf.cancel || self.cancel', message: 'spec.cancel cannot be set back to false once true' },
   ],
-  fieldRules: {
-    'limits.bandwidth': [{ rule: "quantity(self).isGreaterThan(quantity('0'))", message: 'spec.limits.bandwidth must be positive, e.g. 500Mi' }],
-    'limits.timeout': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.timeout must be positive, e.g. 10m' }],
-    'limits.maxDowntime': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.maxDowntime must be positive, e.g. 300ms' }],
-  },
+  fieldRules: LIMIT_RULES,
   columns: [
     { name: 'Node', type: 'string', jsonPath: '.spec.node' },
     { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
@@ -133,11 +134,6 @@ const evacuation: Kind = {
   ],
 };
 
-const LIMIT_RULES: Kind['fieldRules'] = {
-  'limits.bandwidth': [{ rule: "quantity(self).isGreaterThan(quantity('0'))", message: 'spec.limits.bandwidth must be positive, e.g. 500Mi' }],
-  'limits.timeout': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.timeout must be positive, e.g. 10m' }],
-  'limits.maxDowntime': [{ rule: "duration(self) > duration('0s')", message: 'spec.limits.maxDowntime must be positive, e.g. 300ms' }],
-};
 
 const group: Kind = {
   kind: 'DeviceMigrationGroup',
@@ -165,7 +161,7 @@ const group: Kind = {
       fieldPath: '.members',
     },
   ],
-  fieldRules: LIMIT_RULES,
+  fieldRules: { ...LIMIT_RULES, ...PRECOPY_RULES },
   columns: [
     { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
     { name: 'Downtime', type: 'integer', jsonPath: '.status.downtimeMs', description: 'milliseconds' },
