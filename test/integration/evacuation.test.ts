@@ -4,40 +4,24 @@
  * admits; its status adds up; cancel rolls back what runs and starts nothing; applying the same
  * YAML again changes nothing, and the controller never writes an evacuation's spec.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { API_VERSION } from '../../src/api/names.js';
 import { EVACUATION_LABEL } from '../../src/controller/evacuation.js';
 import { occupied } from '../../src/controller/validate.js';
-import { FIELD_MANAGER, Kube, type DeviceEvacuation } from '../../src/controller/kube.js';
-import { localDown, localUp, type LocalState } from '../../src/local/env.js';
+import { FIELD_MANAGER, type DeviceEvacuation } from '../../src/controller/kube.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { FINAL } from '../helpers/faults.js';
+import { localCluster } from '../helpers/local.js';
 
-let dir: string;
-let env: LocalState;
-let kube: Kube;
+const local = localCluster('evacuation', { nodes: 4, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.17', evacuationMaxParallelTotal: 2 });
 const GITOPS = 'argocd-controller';
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'devmig-evacuation-'));
-  env = await localUp({ dir, nodes: 4, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.17', evacuationMaxParallelTotal: 2 }, () => undefined);
-  kube = Kube.fromFile(env.kubeconfig);
-}, 20 * 60_000);
-
-afterAll(async () => {
-  await localDown(dir, () => undefined);
-  if (!process.env.DEVMIG_KEEP) await rm(dir, { recursive: true, force: true });
-}, 60_000);
-
-const simDir = (node: string) => env.agents.find((a) => a.node === node)!.simDir;
+const simDir = (node: string) => local.simDir(node);
 
 /** Server-side apply, as a GitOps tool does it: the same document every time. */
 async function apply(name: string, spec: Record<string, unknown>): Promise<DeviceEvacuation> {
   const body = { apiVersion: API_VERSION, kind: 'DeviceEvacuation', metadata: { name }, spec };
-  return (await kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'deviceevacuations', name, body, fieldManager: GITOPS, force: true },
+  return (await local.kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'deviceevacuations', name, body, fieldManager: GITOPS, force: true },
     k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.ServerSideApply))) as DeviceEvacuation;
 }
 
@@ -47,11 +31,11 @@ async function follow(names: string[], done: (es: DeviceEvacuation[]) => boolean
   let peakTotal = 0;
   const deadline = Date.now() + ms;
   for (;;) {
-    const all = await kube.listMigrations(EVACUATION_LABEL);
+    const all = await local.kube.listMigrations(EVACUATION_LABEL);
     const moving = all.filter((m) => !FINAL.includes(m.status?.phase ?? ''));
     peakTotal = Math.max(peakTotal, moving.length);
     for (const n of names) peak[n] = Math.max(peak[n] ?? 0, moving.filter((m) => m.metadata.labels?.[EVACUATION_LABEL] === n).length);
-    const es = await Promise.all(names.map(async (n) => (await kube.getEvacuation(n))!));
+    const es = await Promise.all(names.map(async (n) => (await local.kube.getEvacuation(n))!));
     if (done(es)) return { es, peak, peakTotal };
     if (Date.now() > deadline) throw new Error(`evacuations not done in ${ms / 1000}s: ${JSON.stringify(es.map((e) => e.status))}`);
     await new Promise((r) => setTimeout(r, 50));
@@ -64,7 +48,7 @@ const DEVICES = ['sim-0', 'sim-1', 'sim-2'];
 async function quiet(node: string): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (;;) {
-    const dn = await kube.getDeviceNode(node);
+    const dn = await local.kube.getDeviceNode(node);
     if (dn?.status?.devices?.filter((d) => d.state === 'RUNNING' && !d.migration).length === 3) return;
     if (Date.now() > deadline) throw new Error(`${node} never showed 3 free running devices: ${JSON.stringify(dn?.status?.devices)}`);
     await new Promise((r) => setTimeout(r, 200));
@@ -73,10 +57,10 @@ async function quiet(node: string): Promise<void> {
 
 /** A node (not `but`) whose three devices all are free to receive, labelled pool=<pool>. */
 async function spareNode(but: string, pool: string): Promise<string> {
-  const busy = occupied(await kube.listMigrations());
+  const busy = occupied(await local.kube.listMigrations());
   const node = ['node-1', 'node-2', 'node-3', 'node-4'].find((n) => n !== but && DEVICES.every((d) => !busy.has(`${n}/${d}`)));
   if (!node) throw new Error(`no node with three free devices: ${[...busy].join(', ')}`);
-  await kube.core.patchNode({ name: node, body: { metadata: { labels: { pool } } } }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
+  await local.kube.core.patchNode({ name: node, body: { metadata: { labels: { pool } } } }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
   return node;
 }
 
@@ -104,8 +88,8 @@ it('moves every device off the node, one at a time, with the state intact; apply
   const again = await apply('drain-node-1', { node: 'node-1', maxParallel: 1 });
   expect(again.metadata.resourceVersion).toBe(e!.metadata.resourceVersion);
   await new Promise((r) => setTimeout(r, 2000));
-  expect((await kube.listMigrations(`${EVACUATION_LABEL}=drain-node-1`)).length).toBe(3);
-  expect((await kube.getEvacuation('drain-node-1'))!.metadata.resourceVersion).toBe(e!.metadata.resourceVersion);
+  expect((await local.kube.listMigrations(`${EVACUATION_LABEL}=drain-node-1`)).length).toBe(3);
+  expect((await local.kube.getEvacuation('drain-node-1'))!.metadata.resourceVersion).toBe(e!.metadata.resourceVersion);
 }, 180_000);
 
 it('holds two evacuations to the cluster-wide limit together, and never moves a device onto a node being drained', async () => {
@@ -135,13 +119,13 @@ it('waits with TargetsAvailable False when no node matches, and cancel ends it w
   expect(e!.status?.conditions?.find((c) => c.type === 'TargetsAvailable')).toMatchObject({
     reason: 'NoTarget', message: expect.stringMatching(/sim-0, sim-1, sim-2: no node matching spec.targetNodeSelector \(pool=nonexistent\)/) as unknown,
   });
-  expect(await kube.listMigrations(`${EVACUATION_LABEL}=drain-nowhere`)).toHaveLength(0);
+  expect(await local.kube.listMigrations(`${EVACUATION_LABEL}=drain-nowhere`)).toHaveLength(0);
 
   await apply('drain-nowhere', { node: 'node-4', targetNodeSelector: { matchLabels: { pool: 'nonexistent' } }, cancel: true });
   const { es: [c] } = await follow(['drain-nowhere'], finished, 30_000);
   expect(c!.status?.phase).toBe('Cancelled');
   expect(c!.status?.devices?.map((d) => d.phase)).toEqual(['NotStarted', 'NotStarted', 'NotStarted']);
-  expect(await kube.listMigrations(`${EVACUATION_LABEL}=drain-nowhere`)).toHaveLength(0);
+  expect(await local.kube.listMigrations(`${EVACUATION_LABEL}=drain-nowhere`)).toHaveLength(0);
 }, 90_000);
 
 it('cancel rolls back the running migration, starts no new one, and leaves the sources running', async () => {
@@ -156,7 +140,7 @@ it('cancel rolls back the running migration, starts no new one, and leaves the s
   await apply('drain-cancel', { ...spec, cancel: true });
   const { es: [e] } = await follow(['drain-cancel'], finished, 90_000);
   expect(e!.status?.phase).toBe('Cancelled');
-  const ms = await kube.listMigrations(`${EVACUATION_LABEL}=drain-cancel`);
+  const ms = await local.kube.listMigrations(`${EVACUATION_LABEL}=drain-cancel`);
   expect(ms).toHaveLength(1);
   expect(['RolledBack', 'Cancelled']).toContain(ms[0]!.status?.phase);
   expect(e!.status?.devices?.map((d) => d.phase).sort()).toEqual(['NotStarted', 'NotStarted', ms[0]!.status!.phase!].sort());
@@ -172,7 +156,7 @@ it('kubectl devmig evacuate creates one, follows it to the end, and refuses bad 
   const plugin = async (...args: string[]) => {
     let stdout = '';
     let stderr = '';
-    const code = await pluginMain(['--kubeconfig', env.kubeconfig, ...args], { out: (t) => { stdout += `${t}\n`; }, err: (t) => { stderr += `${t}\n`; } });
+    const code = await pluginMain(['--kubeconfig', local.env.kubeconfig, ...args], { out: (t) => { stdout += `${t}\n`; }, err: (t) => { stderr += `${t}\n`; } });
     return { code, stdout, stderr };
   };
   await quiet('node-4');
@@ -195,7 +179,7 @@ it('kubectl devmig evacuate creates one, follows it to the end, and refuses bad 
   expect(sel).toMatchObject({ code: 2, stderr: expect.stringMatching(/--to-selector "pool": write key=value/) as unknown });
   const node = await plugin('evacuate', 'Node_4', '--name', 'x');
   expect(node).toMatchObject({ code: 2, stderr: expect.stringMatching(/node "Node_4": not a node name/) as unknown });
-  expect(await kube.getEvacuation('x')).toBeUndefined();
+  expect(await local.kube.getEvacuation('x')).toBeUndefined();
   const text = await plugin('status', 'evacuate-node-4-sim-0');
   expect(text.stdout).toMatch(/Succeeded/);
 }, 120_000);

@@ -4,37 +4,23 @@
  * reaches RUNNING_P2P before any runs; a failure anywhere (here a target refusing its commit after
  * others committed) rolls the whole group back, with every source running its own state.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
 import type { ArcRecord } from '../../src/api/types.js';
 import { GROUP_LABEL } from '../../src/controller/group.js';
-import { Kube, type DeviceMigration, type DeviceMigrationGroup } from '../../src/controller/kube.js';
-import { localDown, localUp, type LocalState } from '../../src/local/env.js';
+import type { DeviceMigration, DeviceMigrationGroup } from '../../src/controller/kube.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
+import { localCluster } from '../helpers/local.js';
 
-let dir: string;
-let env: LocalState;
-let kube: Kube;
+const local = localCluster('group', { nodes: 3, devices: 4, stateSize: '4Mi', loopbackPrefix: '127.0.18' });
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'devmig-group-'));
-  env = await localUp({ dir, nodes: 3, devices: 4, stateSize: '4Mi', loopbackPrefix: '127.0.18' }, () => undefined);
-  kube = Kube.fromFile(env.kubeconfig);
-}, 20 * 60_000);
-
-afterAll(async () => {
-  await localDown(dir, () => undefined);
-  if (!process.env.DEVMIG_KEEP) await rm(dir, { recursive: true, force: true });
-}, 60_000);
-
-const simDir = (node: string) => env.agents.find((a) => a.node === node)!.simDir;
+const simDir = (node: string) => local.simDir(node);
 const FINAL = ['Succeeded', 'RolledBack', 'Failed', 'Cancelled'];
 type Member = { source: { node: string; device: string }; target: { node: string; device?: string } };
 
 async function create(name: string, spec: Record<string, unknown>): Promise<void> {
-  await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrationgroups', body: {
+  await local.kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrationgroups', body: {
     apiVersion: API_VERSION, kind: 'DeviceMigrationGroup', metadata: { name }, spec,
   } });
 }
@@ -42,8 +28,8 @@ async function create(name: string, spec: Record<string, unknown>): Promise<void
 async function finished(name: string, ms = 90_000): Promise<{ g: DeviceMigrationGroup; members: DeviceMigration[] }> {
   const deadline = Date.now() + ms;
   for (;;) {
-    const g = (await kube.custom.getClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrationgroups', name })) as DeviceMigrationGroup;
-    const members = await kube.listMigrations(`${GROUP_LABEL}=${name}`);
+    const g = (await local.kube.custom.getClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrationgroups', name })) as DeviceMigrationGroup;
+    const members = await local.kube.listMigrations(`${GROUP_LABEL}=${name}`);
     if (g.status?.finishedAt && members.every((m) => FINAL.includes(m.status?.phase ?? ''))) return { g, members };
     if (Date.now() > deadline) throw new Error(`${name} not finished in ${ms / 1000}s: ${JSON.stringify({ g: g.status, members: members.map((m) => m.status) })}`);
     await new Promise((r) => setTimeout(r, 100));
@@ -146,12 +132,12 @@ it('cancel rolls every member back; the API server refuses a source listed twice
   const before = await Promise.all(members.map((x) => simDigest(simDir(x.source.node), x.source.device)));
   await create('workload-d', { members, strategy: 'StopCopy', limits: { bandwidth: '256Ki' } });
   const deadline = Date.now() + 30_000;
-  while (!(await kube.listMigrations(`${GROUP_LABEL}=workload-d`)).some((m) => m.status?.phase === 'StopCopy')) {
+  while (!(await local.kube.listMigrations(`${GROUP_LABEL}=workload-d`)).some((m) => m.status?.phase === 'StopCopy')) {
     if (Date.now() > deadline) throw new Error('workload-d never streamed');
     await new Promise((r) => setTimeout(r, 50));
   }
   const k8s = await import('@kubernetes/client-node');
-  await kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrationgroups', name: 'workload-d', body: { spec: { cancel: true } } },
+  await local.kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrationgroups', name: 'workload-d', body: { spec: { cancel: true } } },
     k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
   const { g, members: ms } = await finished('workload-d');
   expect(g.status?.phase).toBe('Cancelled');
@@ -165,7 +151,7 @@ it('cancel rolls every member back; the API server refuses a source listed twice
 }, 120_000);
 
 it('two migrations created at once to one node pick two different free devices, never one holding moved state', async () => {
-  const make = (name: string, device: string) => kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
+  const make = (name: string, device: string) => local.kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
     apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name }, spec: { source: { node: 'node-3', device }, target: { node: 'node-2' }, strategy: 'StopCopy' },
   } });
   await Promise.all([make('pair-a', 'sim-2'), make('pair-b', 'sim-3')]);
@@ -174,7 +160,7 @@ it('two migrations created at once to one node pick two different free devices, 
   while (!(ms.length === 2 && ms.every((m) => FINAL.includes(m.status?.phase ?? '')))) {
     if (Date.now() > deadline) throw new Error(`pair not final: ${JSON.stringify(ms.map((m) => m.status))}`);
     await new Promise((r) => setTimeout(r, 100));
-    ms = (await kube.listMigrations()).filter((m) => m.metadata.name.startsWith('pair-'));
+    ms = (await local.kube.listMigrations()).filter((m) => m.metadata.name.startsWith('pair-'));
   }
   expect(ms.map((m) => m.status?.phase)).toEqual(['Succeeded', 'Succeeded']);
   const picked = ms.map((m) => m.status!.targetDevice!);

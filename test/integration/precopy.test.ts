@@ -3,40 +3,24 @@
  * to STOP_COPY when what is left fits maxDowntime at the measured rate; at spec.precopy.maxDuration
  * it stops anyway or rolls back, as the spec says; progress never goes down; downtime is recorded.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
-import { Kube, type DeviceMigration } from '../../src/controller/kube.js';
+import type { DeviceMigration } from '../../src/controller/kube.js';
 import { progressOf } from '../../src/controller/reconcile.js';
-import { localDown, localUp, type LocalState } from '../../src/local/env.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { FINAL } from '../helpers/faults.js';
+import { localCluster } from '../helpers/local.js';
 
-let dir: string;
-let env: LocalState;
-let kube: Kube;
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'devmig-precopy-'));
-  env = await localUp({ dir, nodes: 2, devices: 3, stateSize: '8Mi', dirtyRate: '4Mi', loopbackPrefix: '127.0.16' }, () => undefined);
-  kube = Kube.fromFile(env.kubeconfig);
-}, 20 * 60_000);
-
-afterAll(async () => {
-  await localDown(dir, () => undefined);
-  if (!process.env.DEVMIG_KEEP) await rm(dir, { recursive: true, force: true });
-}, 60_000);
+const local = localCluster('precopy', { nodes: 2, devices: 3, stateSize: '8Mi', dirtyRate: '4Mi', loopbackPrefix: '127.0.16' });
 
 /** Creates the migration and samples its status every 25 ms until it is final. */
 async function watch(name: string, spec: Record<string, unknown>): Promise<{ m: DeviceMigration; progress: number[] }> {
-  await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
+  await local.kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
     apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name }, spec,
   } });
   const progress: number[] = [];
   const deadline = Date.now() + 90_000;
   for (;;) {
-    const m = await kube.getMigration(name);
+    const m = await local.kube.getMigration(name);
     if (m?.status?.progress) progress.push(Number.parseInt(m.status.progress, 10));
     if (m && FINAL.includes(m.status?.phase ?? '')) return { m, progress };
     if (Date.now() > deadline) throw new Error(`${name} not final in 90 s: ${JSON.stringify(m?.status)}`);
@@ -70,7 +54,7 @@ it('does not converge, and onNoConvergence: Fail rolls back with the source stil
   });
   expect(m.status?.phase).toBe('RolledBack');
   expect(m.status?.failure).toMatchObject({ reason: 'NoConvergence', message: expect.stringMatching(/did not converge in 3s.*onNoConvergence is Fail/) as unknown });
-  expect((await simDigest(env.agents[0]!.simDir, 'sim-1')).state).toBe('RUNNING');
+  expect((await simDigest(local.env.agents[0]!.simDir, 'sim-1')).state).toBe('RUNNING');
   expect(m.status?.arcs?.some((a) => a.device === 'source' && (a.to === 'STOP' || a.to === 'STOP_COPY'))).toBe(false);
   expect(monotonic(progress)).toBe(true);
 }, 120_000);
