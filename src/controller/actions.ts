@@ -208,6 +208,8 @@ async function observe(c: StepContext): Promise<Outcome> {
   const s = view.sessions.find((x) => x.role === 'source' && x.device === c.m.spec.source.device);
   if (!s) return { event: { kind: 'failed', reason: 'NoSession', message: 'the source agent has no session for this migration' } };
   const idle = s.precopy !== undefined && s.precopy.initialBytes === 0 && s.precopy.dirtyBytes === 0;
+  // Two looks in a row with nothing to send and nothing sent: the device is idle, not between bursts.
+  const idleTwice = idle && c.m.status?.transfer?.bytes === s.bytes;
   const transfer = measure(c, s.bytes, s.remainingBytes, s.digest, idle);
   if (s.phase === 'Verified') return { event: { kind: 'verified' }, status: { transfer } };
   if (s.phase === 'Failed' || s.phase === 'Cancelled' || s.phase === 'Interrupted') {
@@ -215,7 +217,7 @@ async function observe(c: StepContext): Promise<Outcome> {
     return { event: { kind: 'failed', reason: s.error?.code ?? 'StreamFailed', message: s.error?.message ?? `the stream ${s.phase.toLowerCase()}` }, status: { transfer } };
   }
   if (c.precopy && !c.m.status?.stopCopyAt && s.precopy) {
-    const d = convergence(c, s.precopy, transfer.rate);
+    const d = convergence(c, s.precopy, transfer.rate, idleTwice);
     if (d) return { ...d, status: { transfer, ...(d.status ?? {}) } };
   }
   return { event: { kind: 'streaming' }, status: { transfer } };
@@ -247,14 +249,14 @@ function measure(c: StepContext, bytes: number, remaining: number | undefined, d
  * measured, fits spec.limits.maxDowntime; or, at spec.precopy.maxDuration, as spec.precopy says:
  * stop anyway, or fail (the source never stopped, it keeps running).
  */
-function convergence(c: StepContext, p: { initialBytes: number; dirtyBytes: number }, measured: number | undefined): Outcome | undefined {
+function convergence(c: StepContext, p: { initialBytes: number; dirtyBytes: number }, measured: number | undefined, idle = false): Outcome | undefined {
   const allowedMs = c.m.spec.limits?.maxDowntime ? parseDuration(c.m.spec.limits.maxDowntime) : 300;
   const cap = c.m.spec.limits?.bandwidth ? parseQuantity(c.m.spec.limits.bandwidth) : undefined;
   // Until a rate is measured, the bandwidth cap is the best guess; then the measured rate (never above the cap).
   const rate = measured !== undefined && measured > 0 ? Math.min(measured, cap ?? measured) : cap;
-  // Nothing dirty is nothing to send, whatever the rate; but only once a rate was measured at all,
-  // not on a first look between two dirtying bursts.
-  const estimate = p.dirtyBytes === 0 && measured !== undefined ? 0 : rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
+  // Nothing dirty is nothing to send, whatever the rate; but only once a rate was measured or the
+  // device stayed idle over two looks, not on a first look between two dirtying bursts.
+  const estimate = p.dirtyBytes === 0 && (measured !== undefined || idle) ? 0 : rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
   if (p.initialBytes === 0 && estimate !== undefined && estimate <= allowedMs) {
     return { event: { kind: 'converged' }, status: { convergence: {
       reason: 'Converged', estimatedDowntimeMs: estimate,
