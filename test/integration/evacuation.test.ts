@@ -189,3 +189,25 @@ it('rejects an evacuation whose node changes, and a cancel taken back', async ()
   await expect(apply('drain-immutable', { node: 'node-8', cancel: true })).rejects.toThrow(/spec.node is immutable/);
   await expect(apply('drain-immutable', { node: 'node-9', cancel: false })).rejects.toThrow(/cancel/);
 }, 30_000);
+
+it('deleting an evacuation starts nothing more, and what already moves finishes (labelled, not owned)', async () => {
+  const moved = await local.kube.getEvacuation('evacuate-node-4');
+  const node = moved!.status!.devices![0]!.targetNode!;
+  await quiet(node);
+  // 4 MiB at 512 KiB/s: each migration streams for about 8 s, one at a time.
+  await apply('drain-deleted', { node, maxParallel: 1, strategy: 'StopCopy', limits: { bandwidth: '512Ki' } });
+  await follow(['drain-deleted'], ([x]) => x?.status?.counts?.running === 1, 30_000);
+  await local.kube.custom.deleteClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'deviceevacuations', name: 'drain-deleted' });
+  const started = await local.kube.listMigrations(`${EVACUATION_LABEL}=drain-deleted`);
+  expect(started).toHaveLength(1);
+  const deadline = Date.now() + 60_000;
+  let m = started[0]!;
+  while (!FINAL.includes(m.status?.phase ?? '')) {
+    if (Date.now() > deadline) throw new Error(`${m.metadata.name} did not finish: ${JSON.stringify(m.status)}`);
+    await new Promise((r) => setTimeout(r, 200));
+    m = (await local.kube.getMigration(m.metadata.name))!;
+  }
+  expect(m.status?.phase).toBe('Succeeded');
+  await new Promise((r) => setTimeout(r, 2000));
+  expect(await local.kube.listMigrations(`${EVACUATION_LABEL}=drain-deleted`)).toHaveLength(1);
+}, 120_000);
