@@ -210,7 +210,9 @@ async function observe(c: StepContext): Promise<Outcome> {
   const idle = s.precopy !== undefined && s.precopy.initialBytes === 0 && s.precopy.dirtyBytes === 0;
   // Two looks in a row with nothing to send and nothing sent: the device is idle, not between bursts.
   const idleTwice = idle && c.m.status?.transfer?.bytes === s.bytes;
-  const transfer = measure(c, s.bytes, s.remainingBytes, s.digest, idle);
+  // Nothing to send now (idle PRE_COPY, or STOP_COPY read to its end and waiting for the verdict).
+  const nothingLeft = idle || Boolean(s.allSent) || (s.precopy === undefined && s.remainingBytes === 0);
+  const transfer = measure(c, s.bytes, s.remainingBytes, s.digest, nothingLeft);
   if (s.phase === 'Verified') return { event: { kind: 'verified' }, status: { transfer } };
   if (s.phase === 'Failed' || s.phase === 'Cancelled' || s.phase === 'Interrupted') {
     if (s.allSent && (await targetVerified(c))) return { event: { kind: 'verified' }, status: { transfer } };
@@ -244,6 +246,9 @@ function measure(c: StepContext, bytes: number, remaining: number | undefined, d
   return { bytes, observedAt: at, ...(rate !== undefined ? { rate } : {}), ...(expected !== undefined ? { expectedBytes: Math.max(expected, bytes) } : {}), ...(digest ? { digest } : {}) };
 }
 
+/** How long a PRE_COPY with nothing to send, and no rate measured, must stay so to count as idle. */
+const IDLE_PRECOPY_MS = 1000;
+
 /**
  * PRE_COPY may stop once the initial bytes are out and what STOP_COPY would still send, at the rate
  * measured, fits spec.limits.maxDowntime; or, at spec.precopy.maxDuration, as spec.precopy says:
@@ -254,9 +259,11 @@ function convergence(c: StepContext, p: { initialBytes: number; dirtyBytes: numb
   const cap = c.m.spec.limits?.bandwidth ? parseQuantity(c.m.spec.limits.bandwidth) : undefined;
   // Until a rate is measured, the bandwidth cap is the best guess; then the measured rate (never above the cap).
   const rate = measured !== undefined && measured > 0 ? Math.min(measured, cap ?? measured) : cap;
-  // Nothing dirty is nothing to send, whatever the rate; but only once a rate was measured or the
-  // device stayed idle over two looks, not on a first look between two dirtying bursts.
-  const estimate = p.dirtyBytes === 0 && (measured !== undefined || idle) ? 0 : rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
+  // Nothing dirty is nothing to send, whatever the rate; but only once a rate was measured, or the
+  // device stayed idle a while (looks 20 ms apart can both fall between two dirtying bursts).
+  const since = c.m.status?.precopyStartedAt ? Date.parse(c.m.status.precopyStartedAt) : c.now;
+  const quiet = idle && c.now - since >= IDLE_PRECOPY_MS;
+  const estimate = p.dirtyBytes === 0 && (measured !== undefined || quiet) ? 0 : rate ? Math.round((p.dirtyBytes / rate) * 1000) : undefined;
   if (p.initialBytes === 0 && estimate !== undefined && estimate <= allowedMs) {
     return { event: { kind: 'converged' }, status: { convergence: {
       reason: 'Converged', estimatedDowntimeMs: estimate,
@@ -264,7 +271,6 @@ function convergence(c: StepContext, p: { initialBytes: number; dirtyBytes: numb
     } } };
   }
   const policy = { maxDuration: c.m.spec.precopy?.maxDuration ?? '5m', onNoConvergence: c.m.spec.precopy?.onNoConvergence ?? 'StopCopy' };
-  const since = c.m.status?.precopyStartedAt ? Date.parse(c.m.status.precopyStartedAt) : c.now;
   if (c.now - since < parseDuration(policy.maxDuration)) return undefined;
   const why = `PRE_COPY did not converge in ${policy.maxDuration}: ${p.initialBytes} initial and ${p.dirtyBytes} dirty bytes left` +
     (estimate !== undefined ? `, about ${estimate} ms of downtime at ${rate} B/s` : ', no rate measured') + `, above maxDowntime ${allowedMs} ms`;
