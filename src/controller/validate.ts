@@ -49,10 +49,14 @@ export function inFlight(migrations: DeviceMigration[], but?: string): Map<strin
 
 export async function validate(kube: Kube, m: DeviceMigration): Promise<Validation> {
   const { source, target } = m.spec;
-  for (const [field, n] of [['spec.source.node', source.node], ['spec.target.node', target.node]] as const) {
-    if (!(await kube.nodeExists(n))) return fail('NodeNotFound', `${field}: node ${n} does not exist; fix ${field} (create a new DeviceMigration: spec is immutable)`);
+  // Everything validation reads, read at once: five API round trips in the time of one.
+  const [sourceExists, targetExists, sn, tn, all] = await Promise.all([
+    kube.nodeExists(source.node), kube.nodeExists(target.node),
+    kube.getDeviceNode(source.node), kube.getDeviceNode(target.node), kube.listMigrations(),
+  ]);
+  for (const [field, n, exists] of [['spec.source.node', source.node, sourceExists], ['spec.target.node', target.node, targetExists]] as const) {
+    if (!exists) return fail('NodeNotFound', `${field}: node ${n} does not exist; fix ${field} (create a new DeviceMigration: spec is immutable)`);
   }
-  const [sn, tn] = await Promise.all([kube.getDeviceNode(source.node), kube.getDeviceNode(target.node)]);
   for (const [field, n, dn] of [['spec.source.node', source.node, sn], ['spec.target.node', target.node, tn]] as const) {
     if (!dn) return fail('AgentNotReady', `${field}: node ${n} has no DeviceNode: is the devmig agent running there (is the node labelled for it)?`);
     const beat = dn.status?.heartbeat ? Date.parse(dn.status.heartbeat) : 0;
@@ -62,7 +66,6 @@ export async function validate(kube: Kube, m: DeviceMigration): Promise<Validati
   if (!sd) return fail('DeviceNotFound', `spec.source.device: node ${source.node} has no device ${source.device} (it has: ${names(sn!)}); fix spec.source.device`);
   if (!sd.flags.includes('STOP_COPY')) return fail('MigrationUnsupported', `spec.source.device: device ${source.device} on ${source.node} has no migration support (its driver lacks VFIO_MIGRATION_STOP_COPY)`);
   if (sd.migration && sd.migration !== m.metadata.name) return fail('DeviceBusy', `spec.source.device: device ${source.device} on ${source.node} is in use by migration ${sd.migration}; this one waits for it`);
-  const all = await kube.listMigrations();
   const busy = inFlight(all, m.metadata.name);
   const holder = busy.get(`${source.node}/${source.device}`);
   if (holder) return fail('DeviceBusy', `spec.source.device: device ${source.device} on ${source.node} is in use by migration ${holder}; this one waits for it`);
