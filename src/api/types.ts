@@ -38,6 +38,9 @@ export const deviceMigrationSpec = z.strictObject({
 });
 
 export const phases = ['Pending', 'Preparing', 'PreCopy', 'StopCopy', 'Resuming', 'Succeeded', 'Failed', 'RolledBack', 'Cancelled'] as const;
+/** The phases a DeviceMigration ends in; after them nothing moves. */
+export const FINAL_PHASES: ReadonlySet<string> = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
+export const isFinalPhase = (phase: string | undefined): boolean => FINAL_PHASES.has(phase ?? '');
 
 export const condition = z.strictObject({
   type: z.string(),

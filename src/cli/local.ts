@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
 import { API_VERSION } from '../api/names.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
+import { isFinalPhase } from '../api/types.js';
 import { Kube, type DeviceMigration } from '../controller/kube.js';
 import { localDown, localUp, readLocal } from '../local/env.js';
 import { simDigest } from '../vfio/sim/digest.js';
@@ -82,7 +83,7 @@ async function watch(kube: Kube, name: string, say: (t: string) => void): Promis
     const line = `${s?.phase ?? 'Pending'}${s?.transfer ? ` ${formatBytes(s.transfer.bytes)}` : ''}${s?.failure ? ` (${s.failure.reason})` : ''}`;
     if (line !== last) say(`  ${new Date().toISOString().slice(11, 23)}  ${line}`);
     last = line;
-    if (m && s?.phase && ['Succeeded', 'Failed', 'RolledBack', 'Cancelled'].includes(s.phase)) return m;
+    if (m && isFinalPhase(s?.phase)) return m;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new CliError(`${name} did not finish in 5 minutes; see ${'.devmig/logs'}`);

@@ -5,12 +5,12 @@
 import { Command, CommanderError } from 'commander';
 import { stringify } from 'yaml';
 import { API_VERSION } from '../api/names.js';
+import { isFinalPhase } from '../api/types.js';
 import { formatBytes } from '../api/quantity.js';
 import { Kube, type DeviceEvacuation, type DeviceMigration } from '../controller/kube.js';
 import { CliError, jsonLine, processIo, table, type Io } from './output.js';
 
 type Format = 'text' | 'json' | 'yaml';
-const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
 const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 
 /** `k=v,k2=v2` as matchLabels; the only selector form a flag needs (YAML has the rest). */
@@ -169,7 +169,7 @@ async function follow(kube: Kube, name: string, io: Io | undefined): Promise<Dev
     const l = line(m, rate && rate > 0 ? rate : undefined);
     if (io && l !== last) io.out(l);
     last = l;
-    if (FINAL.has(m.status?.phase ?? '')) {
+    if (isFinalPhase(m.status?.phase)) {
       if (io) io.out(describe(m));
       return m;
     }

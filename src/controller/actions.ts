@@ -7,7 +7,7 @@ import { parseDuration, parseQuantity } from '../api/quantity.js';
 import type { ArcRecord } from '../api/types.js';
 import { AgentCallError, type AgentClient, type ArcsAnswer } from '../agent/client.js';
 import type { DeviceMigration, DeviceNode } from './kube.js';
-import type { Event, Step } from './machine.js';
+import { pastCommit, type Event, type Step } from './machine.js';
 
 export interface Peers {
   readonly source: AgentClient;
@@ -28,11 +28,14 @@ export function ticketFor(secret: Buffer, m: DeviceMigration): string {
   return createHmac('sha256', secret).update(`${m.metadata.uid ?? m.metadata.name}/ticket`).digest('base64url');
 }
 
+/** Whether a node's published inventory gives `device` the migration flag `flag`. */
+const hasFlag = (n: DeviceNode | undefined, device: string, flag: 'P2P' | 'PRE_COPY') =>
+  n?.status?.devices?.find((x) => x.name === device)?.flags.includes(flag) ?? false;
+
 export function wantsPrecopy(m: DeviceMigration, node: DeviceNode | undefined, targetNode: DeviceNode | undefined, device: string, targetDevice: string): boolean {
   if (m.spec.strategy === 'StopCopy') return false;
   if (m.spec.strategy === 'PreCopy') return true;
-  const has = (n: DeviceNode | undefined, d: string) => n?.status?.devices?.find((x) => x.name === d)?.flags.includes('PRE_COPY') ?? false;
-  return has(node, device) && has(targetNode, targetDevice);
+  return hasFlag(node, device, 'PRE_COPY') && hasFlag(targetNode, targetDevice, 'PRE_COPY');
 }
 
 const arcsOf = (device: 'source' | 'target', a: { arcs?: ArcsAnswer['arcs'] } | undefined): ArcRecord[] =>
@@ -101,19 +104,16 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       return joined(q, { ...o, status: { stopCopyAt: stoppedAt(o.arcs, 'STOP_COPY') ?? new Date(c.now).toISOString() } });
     }
     case 'Commit': {
-      if (c.group) {
-        // No member commits before every stream of the group is verified; and none runs yet (ResumeTarget).
-        const wait = barrier(c.group, (x) => ['Commit', 'ResumeTarget', 'ReleaseSource', 'Succeeded'].includes(x.status?.step ?? ''), 'their streams verified');
-        if (wait) return { event: wait };
-        const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit' }));
-        return o.event.kind === 'ok' ? { ...o, status: { committedAt: new Date(c.now).toISOString() } } : o;
-      }
-      // The commit gate, then at once RUNNING: every moment between is downtime. A crash between the
-      // two replays both ops (recorded by the agent), so ResumeTarget only confirms.
+      // A group member commits only once every member's stream is verified (each records Commit then).
+      const wait = c.group && barrier(c.group, (x) => pastCommit((x.status?.step ?? 'Pending') as Step), 'their streams verified');
+      if (wait) return { event: wait };
       const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit' }));
       if (o.event.kind !== 'ok') return o;
-      const run = await resume(c);
-      return { ...run, arcs: [...(o.arcs ?? []), ...(run.arcs ?? [])], status: { committedAt: new Date(c.now).toISOString(), ...(run.status ?? {}) } };
+      const committed = { arcs: o.arcs ?? [], status: { committedAt: new Date(c.now).toISOString() } };
+      // A group member's target stays in STOP until all committed (ResumeTarget). Alone: the commit
+      // gate, then at once RUNNING, every moment between being downtime; a crash between the two
+      // replays both ops (recorded by the agent), so ResumeTarget only confirms.
+      return joined(committed, c.group ? { event: { kind: 'ok' } } : await resume(c));
     }
     case 'ResumeTarget':
       return c.group ? resumeTogether(c, c.group) : resume(c);
@@ -125,8 +125,6 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       return { event: { kind: 'ok' } };
   }
 }
-
-const hasP2P = (n: DeviceNode, device: string) => n.status?.devices?.find((x) => x.name === device)?.flags.includes('P2P') ?? false;
 
 /** The barrier: every sibling made, and each `ready`; else what this member waits for. */
 function barrier(g: GroupContext, ready: (m: DeviceMigration) => boolean, what: string): Event | undefined {
@@ -146,7 +144,7 @@ interface Quiesced { arcs: ArcRecord[]; status: Record<string, unknown>; held?: 
 async function quiesce(c: StepContext, state: 'RUNNING_P2P' | 'PRE_COPY_P2P'): Promise<Quiesced> {
   const out: Quiesced = { arcs: [], status: {} };
   if (!c.m.status?.quiescedAt) {
-    if (hasP2P(c.peers.sourceNode, c.m.spec.source.device)) {
+    if (hasFlag(c.peers.sourceNode, c.m.spec.source.device, 'P2P')) {
       const o = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: c.m.metadata.name, op: 'quiesce', state }));
       if (o.event.kind !== 'ok') return { ...out, held: o };
       out.arcs = o.arcs ?? [];
@@ -158,8 +156,9 @@ async function quiesce(c: StepContext, state: 'RUNNING_P2P' | 'PRE_COPY_P2P'): P
   return out;
 }
 
-const joined = (q: Quiesced | undefined, o: Outcome): Outcome =>
-  q ? { ...o, arcs: [...q.arcs, ...(o.arcs ?? [])], status: { ...q.status, ...(o.status ?? {}) } } : o;
+/** `o`, after what an earlier op of the same step did: its arcs first, its status under o's. */
+const joined = (before: { arcs?: ArcRecord[]; status?: Record<string, unknown> } | undefined, o: Outcome): Outcome =>
+  before ? { ...o, arcs: [...(before.arcs ?? []), ...(o.arcs ?? [])], status: { ...(before.status ?? {}), ...(o.status ?? {}) } } : o;
 
 /**
  * The reverse of quiesce, for a committed group member: its target to RUNNING_P2P (recorded as
@@ -170,7 +169,7 @@ async function resumeTogether(c: StepContext, g: GroupContext): Promise<Outcome>
   if (committed) return { event: committed };
   let early: Outcome = { event: { kind: 'ok' } };
   if (!c.m.status?.targetReadyAt) {
-    if (hasP2P(c.peers.targetNode, c.targetDevice)) {
+    if (hasFlag(c.peers.targetNode, c.targetDevice, 'P2P')) {
       early = await call('target', () => c.peers.target.setState(c.targetDevice, { migration: c.m.metadata.name, op: 'run-p2p', state: 'RUNNING_P2P' }));
       if (early.event.kind !== 'ok') return early;
     }
@@ -178,8 +177,7 @@ async function resumeTogether(c: StepContext, g: GroupContext): Promise<Outcome>
   }
   const ready = barrier(g, (x) => Boolean(x.status?.targetReadyAt), 'targets in RUNNING_P2P');
   if (ready) return { ...early, event: ready };
-  const run = await resume(c);
-  return { ...run, arcs: [...(early.arcs ?? []), ...(run.arcs ?? [])], status: { ...(early.status ?? {}), ...(run.status ?? {}) } };
+  return joined(early, await resume(c));
 }
 
 /** Target RUNNING; the downtime runs from the source's stopping arc to the end of this one. */

@@ -44,22 +44,21 @@ export class Controller {
 
   constructor(private readonly o: ControllerOptions) {
     this.reconciler = new Reconciler({ kube: o.kube, tls: o.tls, ticketSecret: o.ticketSecret, log: o.log, metrics: this.metrics });
-    this.queue = new WorkQueue(async (name) => {
+    this.queue = this.queueOf('migration', async (name) => {
       this.metrics.reconciles.inc();
       return this.reconciler.reconcile(name);
-    }, { workers: o.workers, baseDelayMs: 200, maxDelayMs: 30_000 }, (name, e) => {
-      this.metrics.reconcileErrors.inc();
-      o.log.warn({ migration: name, err: (e as Error).message }, 'reconcile failed; retrying with backoff');
-    });
+    }, o.workers, 200);
     const evacuator = new Evacuator({ kube: o.kube, log: o.log, maxParallelTotal: o.evacuationMaxParallel ?? 8 });
-    this.evacuations = new WorkQueue((name) => evacuator.reconcile(name), { workers: 1, baseDelayMs: 500, maxDelayMs: 30_000 }, (name, e) => {
-      this.metrics.reconcileErrors.inc();
-      o.log.warn({ evacuation: name, err: (e as Error).message }, 'evacuation reconcile failed; retrying with backoff');
-    });
+    this.evacuations = this.queueOf('evacuation', (name) => evacuator.reconcile(name), 1, 500);
     const grouper = new GroupReconciler({ kube: o.kube, log: o.log });
-    this.groups = new WorkQueue((name) => grouper.reconcile(name), { workers: 2, baseDelayMs: 500, maxDelayMs: 30_000 }, (name, e) => {
+    this.groups = this.queueOf('group', (name) => grouper.reconcile(name), 2, 500);
+  }
+
+  /** A work queue whose failures count as reconcile errors and are logged with the object's kind. */
+  private queueOf(kind: string, reconcile: (name: string) => Promise<{ requeueAfterMs?: number }>, workers: number, baseDelayMs: number): WorkQueue {
+    return new WorkQueue(reconcile, { workers, baseDelayMs, maxDelayMs: 30_000 }, (name, e) => {
       this.metrics.reconcileErrors.inc();
-      o.log.warn({ group: name, err: (e as Error).message }, 'group reconcile failed; retrying with backoff');
+      this.o.log.warn({ [kind]: name, err: (e as Error).message }, `${kind} reconcile failed; retrying with backoff`);
     });
   }
 

@@ -7,11 +7,11 @@
  */
 import type { Logger } from 'pino';
 import { API_VERSION } from '../api/names.js';
-import type { Condition, DeviceMigrationGroupStatus } from '../api/types.js';
+import { isFinalPhase, type Condition, type DeviceMigrationGroupStatus } from '../api/types.js';
+import { stamped } from './conditions.js';
 import type { DeviceMigration, DeviceMigrationGroup, Kube } from './kube.js';
 
 export const GROUP_LABEL = 'devmig.io/group';
-const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
 
 export interface GroupDeps {
   readonly kube: Kube;
@@ -53,7 +53,7 @@ export class GroupReconciler {
       members = await this.d.kube.listMigrations(`${GROUP_LABEL}=${name}`);
     }
     if (g.spec.cancel) {
-      for (const m of members.filter((x) => !x.spec.cancel && !FINAL.has(x.status?.phase ?? ''))) await this.d.kube.cancelMigration(m.metadata.name);
+      for (const m of members.filter((x) => !x.spec.cancel && !isFinalPhase(x.status?.phase))) await this.d.kube.cancelMigration(m.metadata.name);
     }
     const status = this.statusOf(g, members);
     return this.write(g, status, status.finishedAt ? undefined : 1000);
@@ -72,7 +72,7 @@ export class GroupReconciler {
       };
     });
     const phases = rows.map((r) => r.phase);
-    const allFinal = rows.length > 0 && phases.every((p) => FINAL.has(p)) && members.length === rows.length;
+    const allFinal = rows.length > 0 && phases.every(isFinalPhase) && members.length === rows.length;
     let phase: NonNullable<DeviceMigrationGroupStatus['phase']>;
     if (phases.every((p) => p === 'Succeeded')) phase = 'Succeeded';
     else if (!allFinal) phase = phases.every((p) => p === 'Pending') ? 'Pending' : 'Running';
@@ -89,19 +89,11 @@ export class GroupReconciler {
     };
     const downtimeMs = phase === 'Succeeded' ? downtime(members) : undefined;
     return {
-      phase, members: rows, conditions: this.conds(g, [ready]),
+      phase, members: rows, conditions: stamped(g.status?.conditions, [ready], g.metadata.generation, this.now()),
       startedAt: g.status?.startedAt ?? at,
       ...(allFinal || phase === 'Succeeded' ? { finishedAt: g.status?.finishedAt ?? at } : {}),
       ...(downtimeMs !== undefined ? { downtimeMs } : {}),
     };
-  }
-
-  private conds(g: DeviceMigrationGroup, wanted: Array<Omit<Condition, 'lastTransitionTime'>>): Condition[] {
-    const now = new Date(this.now()).toISOString();
-    return wanted.map((c) => {
-      const prev = g.status?.conditions?.find((x) => x.type === c.type);
-      return { ...c, lastTransitionTime: prev && prev.status === c.status ? prev.lastTransitionTime : now, ...(g.metadata.generation ? { observedGeneration: g.metadata.generation } : {}) };
-    });
   }
 
   private async write(g: DeviceMigrationGroup, status: DeviceMigrationGroupStatus, requeueAfterMs: number | undefined): Promise<{ requeueAfterMs?: number }> {

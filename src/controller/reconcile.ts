@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import { parseDuration } from '../api/quantity.js';
-import { deviceMigrationSpec, type ArcRecord, type Condition, type DeviceMigrationStatus } from '../api/types.js';
+import { deviceMigrationSpec, isFinalPhase, type ArcRecord, type Condition, type DeviceMigrationStatus } from '../api/types.js';
 import { AgentClient } from '../agent/client.js';
 import type { TlsMaterial } from '../relay/h2.js';
 import { act, ticketFor, wantsPrecopy, type GroupContext, type Peers } from './actions.js';
@@ -122,7 +122,7 @@ export class Reconciler {
     if (m.status?.targetReadyAt) return { ctx };
     if (!g) return { ctx, abort: { kind: 'groupAbort', reason: 'GroupNotFound', message: `spec.group: DeviceMigrationGroup ${name} does not exist; members move only with their group` } };
     // The member that failed first, rather than one that only followed it.
-    const failing = siblings.filter((x) => x.status?.step === 'RollBack' || ['RolledBack', 'Failed', 'Cancelled'].includes(x.status?.phase ?? ''));
+    const failing = siblings.filter((x) => x.status?.step === 'RollBack' || (isFinalPhase(x.status?.phase) && x.status?.phase !== 'Succeeded'));
     const failed = failing.find((x) => x.status?.failure?.reason !== 'GroupRolledBack') ?? failing[0];
     if (!failed) return { ctx };
     const f = failed.status?.failure;

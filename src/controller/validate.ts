@@ -3,16 +3,22 @@
  * exist, their agents are ready, the devices exist and can migrate, their flags agree, nobody else
  * uses them. Each failure is a reason and a message that says what to fix.
  */
+import { isFinalPhase } from '../api/types.js';
 import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
 
 /** `retry`: the answer may change by itself (an agent not ready yet, a device still held): ask again. */
 export type Validation = { ok: true; targetDevice: string } | { ok: false; reason: string; message: string; retry?: boolean };
 
 const HEARTBEAT_STALE_MS = 60_000;
+
+/** The node's agent says it is ready, and said so within the last minute. */
+export function agentReady(dn: DeviceNode, now = Date.now()): boolean {
+  const beat = dn.status?.heartbeat ? Date.parse(dn.status.heartbeat) : 0;
+  return Boolean(dn.status?.ready) && now - beat <= HEARTBEAT_STALE_MS;
+}
 const TRANSIENT = new Set(['AgentNotReady', 'DeviceBusy', 'NoFreeDevice']);
 const fail = (reason: string, message: string): Validation => ({ ok: false, reason, message, retry: TRANSIENT.has(reason) });
 
-const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
 
 /**
  * Devices that run state some migration moved there: the target of a Succeeded migration that no
@@ -39,7 +45,7 @@ export function occupied(migrations: DeviceMigration[]): Set<string> {
 export function inFlight(migrations: DeviceMigration[], but?: string): Map<string, string> {
   const out = new Map<string, string>();
   for (const x of migrations) {
-    if (x.metadata.name === but || FINAL.has(x.status?.phase ?? '')) continue;
+    if (x.metadata.name === but || isFinalPhase(x.status?.phase)) continue;
     out.set(`${x.spec.source.node}/${x.spec.source.device}`, x.metadata.name);
     const dev = x.status?.targetDevice ?? x.spec.target.device;
     if (dev) out.set(`${x.spec.target.node}/${dev}`, x.metadata.name);
@@ -59,8 +65,7 @@ export async function validate(kube: Kube, m: DeviceMigration): Promise<Validati
   }
   for (const [field, n, dn] of [['spec.source.node', source.node, sn], ['spec.target.node', target.node, tn]] as const) {
     if (!dn) return fail('AgentNotReady', `${field}: node ${n} has no DeviceNode: is the devmig agent running there (is the node labelled for it)?`);
-    const beat = dn.status?.heartbeat ? Date.parse(dn.status.heartbeat) : 0;
-    if (!dn.status?.ready || Date.now() - beat > HEARTBEAT_STALE_MS) return fail('AgentNotReady', `${field}: the devmig agent on ${n} is not ready (last heartbeat ${dn.status?.heartbeat ?? 'never'})`);
+    if (!agentReady(dn)) return fail('AgentNotReady', `${field}: the devmig agent on ${n} is not ready (last heartbeat ${dn.status?.heartbeat ?? 'never'})`);
   }
   const sd = sn!.status?.devices?.find((d) => d.name === source.device);
   if (!sd) return fail('DeviceNotFound', `spec.source.device: node ${source.node} has no device ${source.device} (it has: ${names(sn!)}); fix spec.source.device`);

@@ -11,7 +11,8 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { parse } from 'yaml';
-import { crdFiles } from '../api/crd.js';
+import { crdFiles, KINDS } from '../api/crd.js';
+import { GROUP } from '../api/names.js';
 import { Kube } from '../controller/kube.js';
 import { alive } from '../vfio/sim/lock.js';
 import { startApiserver } from './apiserver.js';
@@ -67,7 +68,7 @@ export async function localUp(o: LocalOptions, say: (t: string) => void): Promis
   await copyFile(api.kubeconfig, kubeconfig);
   const kube = Kube.fromFile(kubeconfig);
   await installCrds(kube);
-  say(`installed CRDs ${Object.keys(crdFiles()).map((f) => f.replace(/^devmig\.io_|\.yaml$/g, '')).map((p) => `${p}.devmig.io`).join(', ')}`);
+  say(`installed CRDs ${KINDS.map((k) => `${k.plural}.${GROUP}`).join(', ')}`);
   const nodes = Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`);
   const hosts = nodes.map((_, i) => `${o.loopbackPrefix ?? '127.0.0'}.${i + 2}`);
   for (const [i, n] of nodes.entries()) await createNode(kube, n, hosts[i]!);
