@@ -26,6 +26,7 @@ export interface OwnerReference { apiVersion: string; kind: string; name: string
 export interface DeviceEvacuation { apiVersion: string; kind: 'DeviceEvacuation'; metadata: Meta; spec: DeviceEvacuationSpec; status?: DeviceEvacuationStatus }
 
 export const FIELD_MANAGER = 'devmig';
+type Plural = 'devicemigrations' | 'devicenodes' | 'deviceevacuations' | 'devicemigrationgroups';
 const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
 
 export class Kube {
@@ -46,13 +47,27 @@ export class Kube {
     return new Kube(kc);
   }
 
-  async getMigration(name: string): Promise<DeviceMigration | undefined> {
-    return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations', name }) as Promise<DeviceMigration>);
+  /** One of devmig's objects, or undefined when there is none by that name. */
+  private get<T>(plural: Plural, name: string): Promise<T | undefined> {
+    return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural, name }) as Promise<T>);
   }
 
-  async listMigrations(labelSelector?: string): Promise<DeviceMigration[]> {
-    const r = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations', ...(labelSelector ? { labelSelector } : {}) })) as { items: DeviceMigration[] };
+  private async list<T>(plural: Plural, labelSelector?: string): Promise<T[]> {
+    const r = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural, ...(labelSelector ? { labelSelector } : {}) })) as { items: T[] };
     return r.items;
+  }
+
+  /** A merge patch of status, as the field manager "devmig". */
+  private async patchStatus<T>(plural: Plural, name: string, status: unknown): Promise<T> {
+    return (await this.custom.patchClusterCustomObjectStatus({ group: GROUP, version: VERSION, plural, name, body: { status }, fieldManager: FIELD_MANAGER }, merge)) as T;
+  }
+
+  getMigration(name: string): Promise<DeviceMigration | undefined> {
+    return this.get('devicemigrations', name);
+  }
+
+  listMigrations(labelSelector?: string): Promise<DeviceMigration[]> {
+    return this.list('devicemigrations', labelSelector);
   }
 
   async createMigration(body: { metadata: { name: string; labels?: Record<string, string>; ownerReferences?: OwnerReference[] }; spec: Partial<DeviceMigrationSpec> }): Promise<void> {
@@ -65,29 +80,24 @@ export class Kube {
     await this.custom.patchClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrations', name, body: { spec: { cancel: true } }, fieldManager: FIELD_MANAGER }, merge);
   }
 
-  async getEvacuation(name: string): Promise<DeviceEvacuation | undefined> {
-    return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: 'deviceevacuations', name }) as Promise<DeviceEvacuation>);
+  getEvacuation(name: string): Promise<DeviceEvacuation | undefined> {
+    return this.get('deviceevacuations', name);
   }
 
-  async getGroup(name: string): Promise<DeviceMigrationGroup | undefined> {
-    return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicemigrationgroups', name }) as Promise<DeviceMigrationGroup>);
+  listEvacuations(): Promise<DeviceEvacuation[]> {
+    return this.list('deviceevacuations');
   }
 
-  async patchGroupStatus(name: string, status: DeviceMigrationGroupStatus): Promise<DeviceMigrationGroup> {
-    return (await this.custom.patchClusterCustomObjectStatus(
-      { group: GROUP, version: VERSION, plural: 'devicemigrationgroups', name, body: { status }, fieldManager: FIELD_MANAGER }, merge,
-    )) as DeviceMigrationGroup;
+  patchEvacuationStatus(name: string, status: DeviceEvacuationStatus): Promise<DeviceEvacuation> {
+    return this.patchStatus('deviceevacuations', name, status);
   }
 
-  async listEvacuations(): Promise<DeviceEvacuation[]> {
-    const r = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'deviceevacuations' })) as { items: DeviceEvacuation[] };
-    return r.items;
+  getGroup(name: string): Promise<DeviceMigrationGroup | undefined> {
+    return this.get('devicemigrationgroups', name);
   }
 
-  async patchEvacuationStatus(name: string, status: DeviceEvacuationStatus): Promise<DeviceEvacuation> {
-    return (await this.custom.patchClusterCustomObjectStatus(
-      { group: GROUP, version: VERSION, plural: 'deviceevacuations', name, body: { status }, fieldManager: FIELD_MANAGER }, merge,
-    )) as DeviceEvacuation;
+  patchGroupStatus(name: string, status: DeviceMigrationGroupStatus): Promise<DeviceMigrationGroup> {
+    return this.patchStatus('devicemigrationgroups', name, status);
   }
 
   async listNodes(labelSelector?: string): Promise<string[]> {
@@ -95,10 +105,8 @@ export class Kube {
     return r.items.map((n) => n.metadata!.name!);
   }
 
-  async patchMigrationStatus(name: string, status: DeviceMigrationStatus): Promise<DeviceMigration> {
-    return (await this.custom.patchClusterCustomObjectStatus(
-      { group: GROUP, version: VERSION, plural: 'devicemigrations', name, body: { status }, fieldManager: FIELD_MANAGER }, merge,
-    )) as DeviceMigration;
+  patchMigrationStatus(name: string, status: DeviceMigrationStatus): Promise<DeviceMigration> {
+    return this.patchStatus('devicemigrations', name, status);
   }
 
   async setFinalizers(name: string, finalizers: string[], resourceVersion?: string): Promise<void> {
@@ -108,13 +116,12 @@ export class Kube {
     );
   }
 
-  async getDeviceNode(name: string): Promise<DeviceNode | undefined> {
-    return notFoundAsUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicenodes', name }) as Promise<DeviceNode>);
+  getDeviceNode(name: string): Promise<DeviceNode | undefined> {
+    return this.get('devicenodes', name);
   }
 
-  async listDeviceNodes(): Promise<DeviceNode[]> {
-    const r = (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicenodes' })) as { items: DeviceNode[] };
-    return r.items;
+  listDeviceNodes(): Promise<DeviceNode[]> {
+    return this.list('devicenodes');
   }
 
   /** Creates or updates this node's DeviceNode: spec once, status every heartbeat. */
@@ -127,7 +134,7 @@ export class Kube {
     } else if (JSON.stringify(existing.spec) !== JSON.stringify(spec)) {
       await this.custom.patchClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicenodes', name, body: { spec }, fieldManager: FIELD_MANAGER }, merge);
     }
-    await this.custom.patchClusterCustomObjectStatus({ group: GROUP, version: VERSION, plural: 'devicenodes', name, body: { status }, fieldManager: FIELD_MANAGER }, merge);
+    await this.patchStatus('devicenodes', name, status);
   }
 
   async nodeExists(name: string): Promise<boolean> {
