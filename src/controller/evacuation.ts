@@ -10,16 +10,15 @@
  */
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Condition, DeviceEvacuationStatus } from '../api/types.js';
+import { isFinalPhase, type Condition, type DeviceEvacuationStatus } from '../api/types.js';
 import type { DeviceEvacuation, DeviceMigration, DeviceNode, Kube } from './kube.js';
-import { inFlight, occupied } from './validate.js';
+import { stamped } from './conditions.js';
+import { agentReady, inFlight, occupied } from './validate.js';
 
 export const EVACUATION_LABEL = 'devmig.io/evacuation';
-const FINAL = new Set(['Succeeded', 'Failed', 'RolledBack', 'Cancelled']);
 const FAILED = new Set(['Failed', 'RolledBack', 'Cancelled']);
 /** Evacuation phases after which it starts nothing. */
 const DONE = new Set(['Succeeded', 'PartiallyFailed', 'Failed', 'Cancelled']);
-const HEARTBEAT_STALE_MS = 60_000;
 
 export interface EvacuatorDeps {
   readonly kube: Kube;
@@ -30,7 +29,7 @@ export interface EvacuatorDeps {
 }
 
 type Entry = NonNullable<DeviceEvacuationStatus['devices']>[number];
-const isFinal = (m: DeviceMigration) => FINAL.has(m.status?.phase ?? '');
+const isFinal = (m: DeviceMigration) => isFinalPhase(m.status?.phase);
 
 export function migrationName(evacuation: string, device: string): string {
   const plain = `${evacuation}-${device}`;
@@ -61,15 +60,18 @@ export class Evacuator {
   async reconcile(name: string): Promise<{ requeueAfterMs?: number }> {
     const e = await this.d.kube.getEvacuation(name);
     if (!e || e.metadata.deletionTimestamp) return {};
-    const all = await this.d.kube.listMigrations(EVACUATION_LABEL);
-    const mine = all.filter((m) => m.metadata.labels?.[EVACUATION_LABEL] === name);
+    // Every migration, read once a pass: this evacuation's, all evacuations' (the cluster-wide limit),
+    // and every other (the devices they hold or filled are no targets).
+    const all = await this.d.kube.listMigrations();
+    const evacuating = all.filter((m) => m.metadata.labels?.[EVACUATION_LABEL]);
+    const mine = evacuating.filter((m) => m.metadata.labels?.[EVACUATION_LABEL] === name);
     const byDevice = new Map(mine.map((m) => [m.spec.source.device, m]));
     const conditions: Array<Omit<Condition, 'lastTransitionTime'>> = [];
 
     let wanted = e.status?.devices?.map((x) => x.device);
     const source = await this.d.kube.getDeviceNode(e.spec.node);
     if (!wanted) {
-      if (!source || !this.ready(source)) {
+      if (!source || !agentReady(source, this.now())) {
         conditions.push({ type: 'Ready', status: 'False', reason: 'AgentNotReady', message: `spec.node: node ${e.spec.node} has no ready devmig agent (no fresh DeviceNode); waiting for it` });
         return this.write(e, { phase: 'Pending', conditions: this.conds(e, conditions), startedAt: e.status?.startedAt ?? new Date(this.now()).toISOString() }, 2000);
       }
@@ -85,10 +87,10 @@ export class Evacuator {
     if (e.spec.cancel) {
       for (const m of running.filter((x) => !x.spec.cancel)) await this.d.kube.cancelMigration(m.metadata.name);
     } else if (waiting.length) {
-      const clusterRunning = all.filter((m) => !isFinal(m)).length;
+      const clusterRunning = evacuating.filter((m) => !isFinal(m)).length;
       let budget = Math.min(e.spec.maxParallel - running.length, this.d.maxParallelTotal - clusterRunning);
       if (budget > 0) {
-        const free = await this.freeTargets(e, source);
+        const free = await this.freeTargets(e, source, all);
         for (const dev of waiting) {
           if (budget <= 0) break;
           const pick = this.pick(free, source, dev, e.spec.strategy);
@@ -119,7 +121,7 @@ export class Evacuator {
     });
     const counts = {
       total: entries.length,
-      running: entries.filter((x) => x.migration && !FINAL.has(x.phase)).length,
+      running: entries.filter((x) => x.migration && !isFinalPhase(x.phase)).length,
       succeeded: entries.filter((x) => x.phase === 'Succeeded').length,
       failed: entries.filter((x) => FAILED.has(x.phase)).length,
       waiting: entries.filter((x) => !x.migration).length,
@@ -153,26 +155,21 @@ export class Evacuator {
     return `no ${sel ? `node matching spec.targetNodeSelector (${sel})` : 'other node'} with a ready agent has a free compatible device; waiting (add capacity or widen spec.targetNodeSelector)`;
   }
 
-  private ready(n: DeviceNode): boolean {
-    const beat = n.status?.heartbeat ? Date.parse(n.status.heartbeat) : 0;
-    return Boolean(n.status?.ready) && this.now() - beat < HEARTBEAT_STALE_MS;
-  }
-
   /**
    * Per candidate node, its devices no migration holds or is about to take. A node that an
    * evacuation still drains is no target: what moved there would have to move again.
    */
-  private async freeTargets(e: DeviceEvacuation, source: DeviceNode | undefined): Promise<Map<string, DeviceNode>> {
-    const draining = new Set((await this.d.kube.listEvacuations())
-      .filter((x) => !x.metadata.deletionTimestamp && !DONE.has(x.status?.phase ?? ''))
-      .map((x) => x.spec.node));
-    const nodes = (await this.d.kube.listNodes(selectorString(e.spec.targetNodeSelector))).filter((n) => n !== e.spec.node && !draining.has(n));
-    const others = await this.d.kube.listMigrations();
-    const taken = new Set([...inFlight(others).keys(), ...occupied(others)]);
+  private async freeTargets(e: DeviceEvacuation, source: DeviceNode | undefined, all: DeviceMigration[]): Promise<Map<string, DeviceNode>> {
+    const [evacuations, nodes, deviceNodes] = await Promise.all([
+      this.d.kube.listEvacuations(), this.d.kube.listNodes(selectorString(e.spec.targetNodeSelector)), this.d.kube.listDeviceNodes(),
+    ]);
+    const draining = new Set(evacuations.filter((x) => !x.metadata.deletionTimestamp && !DONE.has(x.status?.phase ?? '')).map((x) => x.spec.node));
+    const candidates = new Set(nodes.filter((n) => n !== e.spec.node && !draining.has(n)));
+    const taken = new Set([...inFlight(all).keys(), ...occupied(all)]);
     const out = new Map<string, DeviceNode>();
-    for (const n of nodes) {
-      const dn = await this.d.kube.getDeviceNode(n);
-      if (!dn || !this.ready(dn)) continue;
+    for (const dn of deviceNodes) {
+      const n = dn.metadata.name;
+      if (!candidates.has(n) || !agentReady(dn, this.now())) continue;
       const devices = (dn.status?.devices ?? []).filter((x) => !x.migration && !taken.has(`${n}/${x.name}`) && x.flags.includes('STOP_COPY')
         && (!source || source.status?.devices?.find((s) => s.kind === x.kind)));
       out.set(n, { ...dn, status: { ...dn.status, devices } });
@@ -198,12 +195,7 @@ export class Evacuator {
   }
 
   private conds(e: DeviceEvacuation, wanted: Array<Omit<Condition, 'lastTransitionTime'>>): Condition[] {
-    const now = new Date(this.now()).toISOString();
-    return wanted.map((c) => {
-      const prev = e.status?.conditions?.find((x) => x.type === c.type);
-      const same = prev && prev.status === c.status && prev.reason === c.reason && prev.message === c.message;
-      return { ...c, lastTransitionTime: same || (prev && prev.status === c.status) ? prev.lastTransitionTime : now, ...(e.metadata.generation ? { observedGeneration: e.metadata.generation } : {}) };
-    });
+    return stamped(e.status?.conditions, wanted, e.metadata.generation, this.now());
   }
 
   private async write(e: DeviceEvacuation, status: DeviceEvacuationStatus, requeueAfterMs: number | undefined): Promise<{ requeueAfterMs?: number }> {
