@@ -231,12 +231,11 @@ function measure(c: StepContext, bytes: number, remaining: number | undefined, d
   const prev = c.m.status?.transfer;
   const at = new Date(c.now).toISOString();
   let rate = prev?.rate;
-  // A stream with nothing to send is not a slow link: the rate stays what it was while data flowed
-  // (and observedAt moves on, so the next look measures from here).
-  const stalledByDevice = idle && bytes === prev?.bytes;
-  if (prev?.observedAt && bytes >= prev.bytes && !stalledByDevice) {
+  if (prev?.observedAt && bytes >= prev.bytes) {
     const dt = (c.now - Date.parse(prev.observedAt)) / 1000;
-    if (dt < 0.2) return { ...prev, bytes, ...(digest ? { digest } : {}) };
+    // Too soon to measure; or the device had nothing to send, which is not a slow link: the rate
+    // stays, and observedAt too, so idle looks do not keep restarting the measurement.
+    if (dt < 0.2 || (idle && bytes === prev.bytes)) return { ...prev, bytes, ...(digest ? { digest } : {}) };
     const now = (bytes - prev.bytes) / dt;
     rate = Math.round(rate === undefined ? now : 0.5 * rate + 0.5 * now);
   }
