@@ -55,6 +55,7 @@ it('values are checked: a typo, a bad number, or no devices at all is refused, n
   expect(await templateError('--set', 'controler.replicas=2')).toMatch(/additional properties 'controler' not allowed/);
   expect(await templateError('--set', 'controller.replicas=0')).toMatch(/\/controller\/replicas.*minimum/);
   expect(await templateError('--set', 'agent.digest=md5')).toMatch(/\/agent\/digest/);
+  expect(await templateError('--set', 'controller.evacuationMaxParallelTotal=0')).toMatch(/\/controller\/evacuationMaxParallelTotal.*minimum/);
   expect(await templateError('--set', 'agent.simulated.stateSize=lots')).toMatch(/\/agent\/simulated\/stateSize/);
   expect(await templateError('--set', 'agent.kernel.enabled=false')).toMatch(/set agent.kernel.enabled .* or agent.simulated.enabled/);
 }, 60_000);
@@ -99,7 +100,9 @@ describe('what it renders', () => {
   it('its config files are ones the controller and agent accept, and leader election follows replicas', async () => {
     const cfg = (docs: Obj[], component: string, file: string) => parse(find(docs, 'ConfigMap', component).data![file]!) as Record<string, unknown>;
     const one = controllerConfigSchema.parse(cfg(real, 'controller', 'controller.yaml'));
-    expect(one).toMatchObject({ namespace: 'devmig-system', pki: { agentServiceAccount: 'devmig-agent', signerName: 'devmig.io/agent' }, leaderElection: { enabled: false } });
+    expect(one).toMatchObject({ namespace: 'devmig-system', pki: { agentServiceAccount: 'devmig-agent', signerName: 'devmig.io/agent' }, leaderElection: { enabled: false },
+      evacuation: { maxParallelTotal: 8 } });
+    expect(controllerConfigSchema.parse(cfg(await template('--set', 'controller.evacuationMaxParallelTotal=3'), 'controller', 'controller.yaml')).evacuation.maxParallelTotal).toBe(3);
     expect(controllerConfigSchema.parse(cfg(await template('--set', 'controller.replicas=2'), 'controller', 'controller.yaml')).leaderElection.enabled).toBe(true);
     const agent = parseAgentConfig({ ...cfg(real, 'agent', 'agent.yaml'), node: 'node-1' });
     expect(agent).toMatchObject({ holder: 'external', tls: { kubernetes: { namespace: 'devmig-system' } }, devices: { kernel: { sysfs: '/sys' } } });

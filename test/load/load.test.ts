@@ -7,7 +7,7 @@
 import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { connect } from 'node:http2';
+import { connect, type SecureClientSessionOptions } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
@@ -42,21 +42,27 @@ async function apiRequests(): Promise<Map<string, number>> {
   const cluster = kube.config.getCurrentCluster()!;
   const opts: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
   await kube.config.applyToHTTPSOptions(opts);
-  const s = connect(cluster.server, { ca: opts.ca, cert: opts.cert, key: opts.key });
+  const text = await getText(cluster.server, { ca: opts.ca, cert: opts.cert, key: opts.key }, '/metrics');
+  const out = new Map<string, number>();
+  for (const [, labels, v] of text.matchAll(/^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$/gm)) {
+    const resource = /resource="([^"]*)"/.exec(labels!)?.[1] ?? '';
+    out.set(resource, (out.get(resource) ?? 0) + Number(v));
+    out.set('*', (out.get('*') ?? 0) + Number(v));
+  }
+  return out;
+}
+
+/** The body of one GET over HTTP/2 with TLS (the API server's metrics, an agent's inventory). */
+async function getText(url: string, tls: SecureClientSessionOptions, path: string): Promise<string> {
+  const s = connect(url, tls);
   s.on('error', () => undefined);
   try {
-    const req = s.request({ ':path': '/metrics' });
+    const req = s.request({ ':path': path });
     req.end();
     await once(req, 'response');
     let text = '';
     for await (const c of req) text += String(c);
-    const out = new Map<string, number>();
-    for (const [, labels, v] of text.matchAll(/^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$/gm)) {
-      const resource = /resource="([^"]*)"/.exec(labels!)?.[1] ?? '';
-      out.set(resource, (out.get(resource) ?? 0) + Number(v));
-      out.set('*', (out.get('*') ?? 0) + Number(v));
-    }
-    return out;
+    return text;
   } finally {
     s.close();
   }
@@ -65,20 +71,11 @@ async function apiRequests(): Promise<Map<string, number>> {
 /** The most sessions any agent reported at once, against its limit. */
 async function sampleSessions(peak: Map<string, { active: number; max: number }>, material: Parameters<typeof clientOptions>[0]): Promise<void> {
   await Promise.all(env.agents.map(async (a) => {
-    const s = connect(a.endpoint, clientOptions(material));
-    s.on('error', () => undefined);
     try {
-      const req = s.request({ ':path': '/v1/devices' });
-      req.end();
-      await once(req, 'response');
-      let text = '';
-      for await (const c of req) text += String(c);
-      const { sessions } = JSON.parse(text) as { sessions: { active: number; max: number } };
+      const { sessions } = JSON.parse(await getText(a.endpoint, clientOptions(material), '/v1/devices')) as { sessions: { active: number; max: number } };
       const was = peak.get(a.node);
       if (!was || sessions.active > was.active) peak.set(a.node, sessions);
-    } catch { /* a busy moment: the next sample counts */ } finally {
-      s.close();
-    }
+    } catch { /* a busy moment: the next sample counts */ }
   }));
 }
 

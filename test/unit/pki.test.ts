@@ -55,6 +55,9 @@ describe('configs', () => {
     expect(half.error?.issues[0]).toMatchObject({ path: ['ticketSecretFile'] });
     const signer = controllerConfigSchema.safeParse({ ...base, pki: { signerName: 'no-slash' } });
     expect(signer.error?.issues[0]).toMatchObject({ path: ['pki', 'signerName'] });
+    expect(controllerConfigSchema.parse({ ...base, pki: {} }).evacuation.maxParallelTotal).toBe(8);
+    const limit = controllerConfigSchema.safeParse({ ...base, pki: {}, evacuation: { maxParallelTotal: 0 } });
+    expect(limit.error?.issues[0]).toMatchObject({ path: ['evacuation', 'maxParallelTotal'] });
   });
 
   it('an agent asking the cluster for its certificate needs kube set', () => {
