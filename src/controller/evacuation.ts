@@ -156,15 +156,17 @@ export class Evacuator {
   }
 
   /**
-   * Per candidate node, its devices no migration holds or is about to take. A node that an
-   * evacuation still drains is no target: what moved there would have to move again.
+   * Per candidate node, its devices no migration holds or is about to take. A node with an
+   * evacuation that exists and is not cancelled is no target, even once it succeeded: like a cordon,
+   * it holds until the evacuation is deleted (the node's maintenance is over). Otherwise a device
+   * moved there by another evacuation would be lost to the maintenance it was drained for.
    */
   private async freeTargets(e: DeviceEvacuation, source: DeviceNode | undefined, all: DeviceMigration[]): Promise<Map<string, DeviceNode>> {
     const [evacuations, nodes, deviceNodes] = await Promise.all([
       this.d.kube.listEvacuations(), this.d.kube.listNodes(selectorString(e.spec.targetNodeSelector)), this.d.kube.listDeviceNodes(),
     ]);
-    const draining = new Set(evacuations.filter((x) => !x.metadata.deletionTimestamp && !DONE.has(x.status?.phase ?? '')).map((x) => x.spec.node));
-    const candidates = new Set(nodes.filter((n) => n !== e.spec.node && !draining.has(n)));
+    const cordoned = new Set(evacuations.filter((x) => !x.metadata.deletionTimestamp && !x.spec.cancel).map((x) => x.spec.node));
+    const candidates = new Set(nodes.filter((n) => n !== e.spec.node && !cordoned.has(n)));
     const taken = new Set([...inFlight(all).keys(), ...occupied(all)]);
     const out = new Map<string, DeviceNode>();
     for (const dn of deviceNodes) {

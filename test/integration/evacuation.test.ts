@@ -13,7 +13,7 @@ import { simDigest } from '../../src/vfio/sim/digest.js';
 import { FINAL } from '../helpers/faults.js';
 import { localCluster } from '../helpers/local.js';
 
-const local = localCluster('evacuation', { nodes: 4, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.17', evacuationMaxParallelTotal: 2 });
+const local = localCluster('evacuation', { nodes: 5, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.17', evacuationMaxParallelTotal: 2 });
 const GITOPS = 'argocd-controller';
 
 const simDir = (node: string) => local.simDir(node);
@@ -42,6 +42,16 @@ async function follow(names: string[], done: (es: DeviceEvacuation[]) => boolean
   }
 }
 const finished = (es: DeviceEvacuation[]) => es.every((e) => e.status?.finishedAt);
+
+/** The node's maintenance is over: deleting its evacuation gives the node back as a target. */
+async function remove(name: string): Promise<void> {
+  await local.kube.custom.deleteClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'deviceevacuations', name });
+  const deadline = Date.now() + 30_000;
+  while (await local.kube.getEvacuation(name)) {
+    if (Date.now() > deadline) throw new Error(`deviceevacuation ${name} still there 30 s after its delete`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 const DEVICES = ['sim-0', 'sim-1', 'sim-2'];
 
 /** An evacuation reads the node's published inventory: wait until it shows the last migrations' end. */
@@ -90,11 +100,23 @@ it('moves every device off the node, one at a time, with the state intact; apply
   await new Promise((r) => setTimeout(r, 2000));
   expect((await local.kube.listMigrations(`${EVACUATION_LABEL}=drain-node-1`)).length).toBe(3);
   expect((await local.kube.getEvacuation('drain-node-1'))!.metadata.resourceVersion).toBe(e!.metadata.resourceVersion);
+
+  // Succeeded, it still cordons node-1: an evacuation that may only go there finds no target.
+  await local.kube.core.patchNode({ name: 'node-1', body: { metadata: { labels: { pool: 'drained' } } } }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
+  const spec = { node: 'node-5', targetNodeSelector: { matchLabels: { pool: 'drained' } } };
+  await apply('drain-onto-1', spec);
+  const { es: [w] } = await follow(['drain-onto-1'], ([x]) => Boolean(x?.status?.conditions?.some((c) => c.reason === 'NoTarget')), 30_000);
+  expect(w!.status?.counts).toMatchObject({ total: 3, waiting: 3, running: 0 });
+  await apply('drain-onto-1', { ...spec, cancel: true });
+  await follow(['drain-onto-1'], finished, 30_000);
+  await remove('drain-onto-1');
+  await remove('drain-node-1');
 }, 180_000);
 
-it('holds two evacuations to the cluster-wide limit together, and never moves a device onto a node being drained', async () => {
+it('holds two evacuations to the cluster-wide limit together, and never moves a device onto an evacuated node', async () => {
   // node-3's evacuation first waits for a target (its selector matches nothing), so it exists before
-  // node-2's starts; then its selector is widened: neither may pick the other's node.
+  // node-2's starts; then its selector is widened: neither may pick the other's node, not even once
+  // the other has finished (an evacuation cordons its node until it is deleted).
   await apply('drain-node-3', { node: 'node-3', maxParallel: 2, targetNodeSelector: { matchLabels: { pool: 'later' } } });
   await follow(['drain-node-3'], ([x]) => Boolean(x?.status?.conditions?.some((c) => c.reason === 'NoTarget')), 30_000);
   await apply('drain-node-2', { node: 'node-2', maxParallel: 2 });
@@ -104,11 +126,14 @@ it('holds two evacuations to the cluster-wide limit together, and never moves a 
   // Each may run 2, the controller allows 2 over all evacuations (local env: evacuationMaxParallelTotal 2).
   expect(peakTotal).toBeLessThanOrEqual(2);
   expect(peakTotal).toBeGreaterThanOrEqual(1);
-  // node-2's evacuation ran while node-3's waited: none of its devices went to node-3.
-  expect(es[0]!.status!.devices!.every((d) => d.targetNode !== 'node-3' && d.targetNode !== 'node-2')).toBe(true);
-  expect(es[1]!.status!.devices!.every((d) => d.targetNode !== 'node-3')).toBe(true);
   const targets = es.flatMap((e) => e.status!.devices!.map((d) => `${d.targetNode}/${d.targetDevice}`));
   expect(new Set(targets).size).toBe(6);
+  // Nothing went to either evacuated node; node-1 is a target again since drain-node-1 was deleted.
+  const nodes = es.flatMap((e) => e.status!.devices!.map((d) => d.targetNode));
+  expect(nodes.filter((n) => !['node-1', 'node-4', 'node-5'].includes(n!))).toEqual([]);
+  expect(nodes).toContain('node-1');
+  await remove('drain-node-2');
+  await remove('drain-node-3');
 }, 180_000);
 
 it('waits with TargetsAvailable False when no node matches, and cancel ends it with nothing started', async () => {
