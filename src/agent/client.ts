@@ -44,7 +44,8 @@ export class AgentClient {
   send = (d: string, r: SendRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/send`, r);
   commit = (d: string, r: CommitRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/commit`, r);
   uncommit = (d: string, r: CommitRequest) => this.call<{ uncommitted: boolean; state?: string }>('POST', `/v1/devices/${enc(d)}/uncommit`, r);
-  migration = (m: string) => this.call<{ sessions: SessionView[] }>('GET', `/v1/migrations/${enc(m)}`);
+  /** With `waitMs`, the agent answers once its send sessions of `m` ended, or after waitMs. */
+  migration = (m: string, waitMs = 0) => this.call<{ sessions: SessionView[] }>('GET', `/v1/migrations/${enc(m)}${waitMs > 0 ? `?wait=${waitMs}` : ''}`);
   cancel = (m: string, r: CancelRequest) => this.call<{ devices: unknown[] }>('POST', `/v1/migrations/${enc(m)}/cancel`, r);
 
   close(): void {

@@ -22,6 +22,8 @@ export interface AgentContext {
 export interface Reply {
   readonly status: number;
   readonly body: unknown;
+  /** For an op: the journal step to record with its answer, in the same durable write. */
+  readonly step?: string;
 }
 
 export function deviceOf(ctx: AgentContext, name: string): ManagedDevice {
@@ -57,7 +59,7 @@ export async function once(ctx: AgentContext, device: string, migration: string,
     return { status: prev.status, body: { ...(prev.result as object), replayed: true } };
   }
   const reply = await act();
-  await ctx.journal.recordOp(device, migration, { op, request: hash, status: reply.status, result: reply.body, at: new Date().toISOString() });
+  await ctx.journal.recordOp(device, migration, { op, request: hash, status: reply.status, result: reply.body, at: new Date().toISOString() }, reply.step);
   return reply;
 }
 

@@ -66,8 +66,9 @@ export class Journal {
     await this.update(device, (e) => ({ ...e, ...change }));
   }
 
-  async recordOp(device: string, migration: string, rec: OpRecord): Promise<void> {
-    await this.update(device, (e) => ({ ...e, ops: { ...e.ops, [`${migration}/${rec.op}`]: rec } }));
+  /** Records an op's answer, and with it (one fsync for both) the step the op ended on. */
+  async recordOp(device: string, migration: string, rec: OpRecord, step?: string): Promise<void> {
+    await this.update(device, (e) => ({ ...e, ...(step ? { step } : {}), ops: { ...e.ops, [`${migration}/${rec.op}`]: rec } }));
   }
 
   /** The migration let go of the device: ops of other migrations are dropped, this one's kept for replays. */

@@ -48,7 +48,18 @@ export async function deviceView(ctx: AgentContext, name: string): Promise<Devic
   };
 }
 
-export async function migrationView(ctx: AgentContext, migration: string): Promise<{ sessions: SessionView[] }> {
+/**
+ * The migration's sessions on this node. With `waitMs`, a long poll: the answer waits until every
+ * send session still streaming has ended (verified or failed) or `waitMs` passed, so a controller
+ * sees the verdict the moment it is known instead of at its next look.
+ */
+export async function migrationView(ctx: AgentContext, migration: string, waitMs = 0): Promise<{ sessions: SessionView[] }> {
+  const pending = ctx.sessions.forMigration(migration).flatMap((s) => (s.role === 'source' && isActive(s) && s.done ? [s.done] : []));
+  if (waitMs > 0 && pending.length) {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.allSettled(pending), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
+    clearTimeout(timer);
+  }
   const sessions: SessionView[] = [];
   for (const s of ctx.sessions.forMigration(migration)) {
     const view = viewOf(s);

@@ -65,7 +65,10 @@ const routes: Route[] = [
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/send$/, who: 'controller', handle: (ctx, r) => startSend(ctx, r.params[0]!, json(sendRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/commit$/, who: 'controller', handle: (ctx, r) => commit(ctx, r.params[0]!, json(commitRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/uncommit$/, who: 'controller', handle: (ctx, r) => uncommit(ctx, r.params[0]!, json(commitRequest, r.body)) },
-  { method: 'GET', path: /^\/v1\/migrations\/([^/]+)$/, who: 'cluster', handle: async (ctx, r) => ({ status: 200, body: await migrationView(ctx, r.params[0]!) }) },
+  {
+    method: 'GET', path: /^\/v1\/migrations\/([^/]+)$/, who: 'cluster',
+    handle: async (ctx, r) => ({ status: 200, body: await migrationView(ctx, r.params[0]!, waitOf(r.headers)) }),
+  },
   { method: 'POST', path: /^\/v1\/migrations\/([^/]+)\/cancel$/, who: 'controller', handle: (ctx, r) => cancel(ctx, r.params[0]!, json(cancelRequest, r.body)) },
   {
     method: 'PUT', path: /^\/v1\/migrations\/([^/]+)\/stream$/, who: 'cluster', raw: true,
@@ -102,6 +105,19 @@ async function handle(ctx: AgentContext, stream: ServerHttp2Stream, headers: Inc
   } catch (e) {
     respond(stream, errorReply(e));
   }
+}
+
+/** The long poll's `?wait=<ms>`: a whole number of milliseconds up to MAX_WAIT_MS; no other query. */
+const MAX_WAIT_MS = 2000;
+function waitOf(headers: IncomingHttpHeaders): number {
+  const query = new URLSearchParams(String(headers[':path']).split('?')[1] ?? '');
+  for (const key of query.keys()) {
+    if (key !== 'wait') throw badRequest(`query parameter "${key}" is unknown; the only one is wait (milliseconds, 0 to ${MAX_WAIT_MS})`);
+  }
+  const raw = query.get('wait');
+  if (raw === null) return 0;
+  if (!/^\d{1,4}$/.test(raw) || Number(raw) > MAX_WAIT_MS) throw badRequest(`query parameter wait "${raw}": a whole number of milliseconds from 0 to ${MAX_WAIT_MS}`);
+  return Number(raw);
 }
 
 function match(method: string, path: string): { route: Route; params: string[] } {

@@ -34,8 +34,7 @@ export async function startSend(ctx: AgentContext, device: string, req: Send): P
     };
     ctx.sessions.put(session);
     session.done = run(ctx, session, r.stream, req);
-    await ctx.journal.step(device, { step: 'send:streaming' });
-    return arcsReply(r);
+    return { ...arcsReply(r), step: 'send:streaming' };
   }));
 }
 

@@ -93,8 +93,7 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
       return arcsReply(r);
     }
     finish(s, 'Committed');
-    await ctx.journal.step(device, { step: 'commit:done' });
-    return arcsReply(r, { bytes: s.bytes, digest: s.digest });
+    return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done' };
   }));
 }
 

@@ -8,7 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { API_VERSION } from '../api/names.js';
-import { Kube } from '../controller/kube.js';
+import * as k8s from '@kubernetes/client-node';
+import { isFinalPhase } from '../api/types.js';
+import { Kube, type DeviceMigration } from '../controller/kube.js';
 import { localDown, localUp } from '../local/env.js';
 
 const RUNS = 20;
@@ -26,22 +28,17 @@ async function main(): Promise<void> {
     const downtimes: number[] = [];
     for (let i = 0; i < runs; i++) {
       const name = `bench-${i}`;
+      // Followed by a watch, as kubectl wait does: polling would load the API server it measures.
+      const { ended, stop } = await follow(kube, name);
       const started = performance.now();
       await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
         apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name },
         spec: { source: { node: 'node-1', device: `sim-${i}` }, target: { node: 'node-2', device: `sim-${i}` }, strategy: 'StopCopy' },
       } });
-      for (;;) {
-        const m = await kube.getMigration(name);
-        const phase = m?.status?.phase;
-        if (phase === 'Succeeded') {
-          times.push(performance.now() - started);
-          downtimes.push(m!.status!.downtimeMs ?? NaN);
-          break;
-        }
-        if (phase === 'Failed' || phase === 'RolledBack') throw new Error(`${name} ended ${phase}: ${m?.status?.failure?.message}`);
-        await new Promise((r) => setTimeout(r, 5));
-      }
+      const m = await ended.finally(stop);
+      if (m.status?.phase !== 'Succeeded') throw new Error(`${name} ended ${m.status?.phase}: ${m.status?.failure?.message}`);
+      times.push(performance.now() - started);
+      downtimes.push(m.status.downtimeMs ?? NaN);
       say(`${name}: ${times.at(-1)!.toFixed(0)} ms, downtime ${downtimes.at(-1)} ms`);
     }
     const out = { runs, median_ms: round(pct(times, 50)), p90_ms: round(pct(times, 90)), downtime_median_ms: round(pct(downtimes, 50)) };
@@ -50,6 +47,18 @@ async function main(): Promise<void> {
     await localDown(dir, () => undefined);
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** A watch on one DeviceMigration, started before it exists: settles when it reaches a final phase. */
+async function follow(kube: Kube, name: string): Promise<{ ended: Promise<DeviceMigration>; stop: () => void }> {
+  let settle!: (m: DeviceMigration) => void;
+  let fail!: (e: Error) => void;
+  const ended = new Promise<DeviceMigration>((res, rej) => { settle = res; fail = rej; });
+  const timer = setTimeout(() => fail(new Error(`${name} did not finish in 60 s`)), 60_000);
+  const req = await new k8s.Watch(kube.config).watch(`/apis/devmig.io/v1alpha1/devicemigrations`, { fieldSelector: `metadata.name=${name}` },
+    (_type: string, m: DeviceMigration) => { if (isFinalPhase(m.status?.phase)) settle(m); },
+    (e: unknown) => { if (e) fail(e as Error); });
+  return { ended, stop: () => { clearTimeout(timer); req.abort(); } };
 }
 
 function pct(xs: number[], p: number): number {

@@ -116,7 +116,9 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       return joined(committed, c.group ? { event: { kind: 'ok' } } : await resume(c));
     }
     case 'ResumeTarget':
-      return c.group ? resumeTogether(c, c.group) : resume(c);
+      if (c.group) return resumeTogether(c, c.group);
+      // The Commit step already ran the target (its arc is recorded): nothing to ask again.
+      return c.m.status?.arcs?.some((a) => a.device === 'target' && a.to === 'RUNNING' && a.result === 'Succeeded') ? { event: { kind: 'ok' } } : resume(c);
     case 'ReleaseSource':
       return release(c);
     case 'RollBack':
@@ -194,12 +196,18 @@ function stoppedAt(arcs: ArcRecord[] | undefined, state: 'STOP' | 'STOP_COPY'): 
   return arcs?.find((a) => a.to === state && a.result === 'Succeeded')?.startedAt;
 }
 
+/** How long one look at a stop-copy stream waits on the agent for the stream's verdict. */
+const VERDICT_WAIT_MS = 200;
+
 /** Streaming: read progress from the source; decide PRE_COPY convergence; see the end. */
 async function observe(c: StepContext): Promise<Outcome> {
   const name = c.m.metadata.name;
   let view;
   try {
-    view = await c.peers.source.migration(name);
+    // Once the source stopped, there is nothing to decide but the verdict: the agent answers as soon
+    // as it knows it (a long poll). A PRE_COPY look answers at once: its rate and convergence matter.
+    const stopped = !c.precopy || Boolean(c.m.status?.stopCopyAt);
+    view = await c.peers.source.migration(name, stopped ? VERDICT_WAIT_MS : 0);
   } catch (e) {
     return { event: { kind: 'unknown', reason: 'AgentUnreachable', message: `source agent: ${(e as Error).message}` } };
   }
@@ -286,14 +294,17 @@ async function targetVerified(c: StepContext): Promise<boolean> {
   }
 }
 
+/** The source stopped and released, and the target released: the two nodes at once. */
 async function release(c: StepContext): Promise<Outcome> {
   const name = c.m.metadata.name;
-  const stop = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: name, op: 'stop', state: 'STOP' }));
-  if (stop.event.kind !== 'ok') return stop;
-  const a = await call('source', () => c.peers.source.release(c.m.spec.source.device, { migration: name, op: 'release' }));
-  if (a.event.kind !== 'ok') return { ...a, arcs: stop.arcs ?? [] };
-  const b = await call('target', () => c.peers.target.release(c.targetDevice, { migration: name, op: 'release' }));
-  return { ...b, arcs: stop.arcs ?? [] };
+  const source = async (): Promise<Outcome> => {
+    const stop = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: name, op: 'stop', state: 'STOP' }));
+    if (stop.event.kind !== 'ok') return stop;
+    const a = await call('source', () => c.peers.source.release(c.m.spec.source.device, { migration: name, op: 'release' }));
+    return { ...a, arcs: stop.arcs ?? [] };
+  };
+  const [s, t] = await Promise.all([source(), call('target', () => c.peers.target.release(c.targetDevice, { migration: name, op: 'release' }))]);
+  return s.event.kind !== 'ok' ? s : { ...t, arcs: s.arcs ?? [] };
 }
 
 /** A device's state, or the reason it cannot be known now (then the rollback is asked again). */

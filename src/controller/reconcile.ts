@@ -32,8 +32,25 @@ export interface ReconcilerDeps {
 }
 
 type Status = DeviceMigrationStatus;
-interface Pass { peers: Peers | undefined }
+interface Pass {
+  peers: Peers | undefined;
+  /** The finalizer being added: awaited before the first agent op. */
+  finalizing?: Promise<void>;
+  /** Status moved on in memory past steps that need no record of their own; written at the next record. */
+  unsaved: boolean;
+  /** A record written behind (see apply), awaited before the next write and at the end of the pass. */
+  writing?: Promise<void>;
+  /** Events to create once the pass is over: off the path of the steps (the status is the record). */
+  events: Array<{ type: 'Normal' | 'Warning'; reason: string; message: string }>;
+}
 interface Applied { moved: boolean; requeueAfterMs?: number }
+/**
+ * Forward moves not written on their own (see apply): the source stopping is undone by a rollback
+ * whatever the record says, and after Commit nothing can go back.
+ */
+const UNRECORDED: ReadonlySet<string> = new Set(['PrepareTarget>StartSend', 'StartSend>Streaming', 'ResumeTarget>ReleaseSource']);
+/** Records of what already happened, written while the next step goes on: the target runs (committedAt, downtime). */
+const BEHIND: ReadonlySet<string> = new Set(['Commit>ResumeTarget']);
 /** A pass stops after this many steps and queues the key again, so one object cannot hog a worker. */
 const MAX_STEPS_PER_PASS = 12;
 
@@ -82,31 +99,48 @@ export class Reconciler {
     if (!m) return {};
     const deleting = Boolean(m.metadata.deletionTimestamp);
     if (isTerminal((m.status?.step ?? 'Pending') as Step)) return this.finish(m, deleting);
-    if (!deleting && !(m.metadata.finalizers ?? []).includes(FINALIZER)) {
-      await this.d.kube.setFinalizers(name, [...(m.metadata.finalizers ?? []), FINALIZER]);
-    }
     // Steps follow one another in one pass while they move forward: the object each status patch
-    // returns is as fresh as a new read, and the DeviceNodes are read once.
-    const pass: Pass = { peers: undefined };
-    for (let i = 0; i < MAX_STEPS_PER_PASS; i++) {
-      const status: Status = { ...(m.status ?? {}) };
-      const step = (status.step ?? 'Pending') as Step;
-      if (isTerminal(step)) return {};
-      const r = await this.one(m, status, step, deleting, pass);
-      if (!r.moved) return { requeueAfterMs: r.requeueAfterMs };
+    // returns is as fresh as a new read, and the DeviceNodes are read once. The finalizer goes on
+    // while the first step validates; no agent op runs before it is there.
+    const pass: Pass = { peers: undefined, unsaved: false, events: [] };
+    if (!deleting && !(m.metadata.finalizers ?? []).includes(FINALIZER)) {
+      pass.finalizing = this.d.kube.setFinalizers(name, [...(m.metadata.finalizers ?? []), FINALIZER]);
+      pass.finalizing.catch(() => undefined);
     }
-    return { requeueAfterMs: 0 };
+    try {
+      for (let i = 0; i < MAX_STEPS_PER_PASS; i++) {
+        const status: Status = { ...(m.status ?? {}) };
+        const step = (status.step ?? 'Pending') as Step;
+        if (isTerminal(step)) return {};
+        const r = await this.one(m, status, step, deleting, pass);
+        if (!r.moved) return { requeueAfterMs: r.requeueAfterMs };
+      }
+      await this.save(m, m.status ?? {}, pass);
+      return { requeueAfterMs: 0 };
+    } finally {
+      this.tell(m, pass.events);
+      await pass.writing;
+      await pass.finalizing;
+    }
+  }
+
+  /** Events are told, not waited for: an Event that could not be created is logged. */
+  private tell(m: DeviceMigration, events: Pass['events']): void {
+    for (const e of events) {
+      this.d.kube.event(m, e.type, e.reason, e.message)
+        .catch((err: unknown) => this.d.log.warn({ migration: m.metadata.name, err: (err as Error).message, reason: e.reason }, 'could not create an Event'));
+    }
   }
 
   private async one(m: DeviceMigration, status: Status, step: Step, deleting: boolean, pass: Pass): Promise<Applied> {
     const stop = this.stopEvent(m, status, step, deleting);
-    if (stop) return this.apply(m, status, step, next(step, stop), []);
+    if (stop) return this.apply(m, status, step, next(step, stop), [], pass);
     const group = m.spec.group ? await this.groupOf(m) : undefined;
     if (group?.abort) {
       const t = next(step, group.abort);
-      if (t.step !== step) return this.apply(m, status, step, t, []);
+      if (t.step !== step) return this.apply(m, status, step, t, [], pass);
     }
-    if (step === 'Pending') return this.validateStep(m, status);
+    if (step === 'Pending') return this.validateStep(m, status, pass);
     return this.runStep(m, status, step, pass, group?.ctx);
   }
 
@@ -141,48 +175,79 @@ export class Reconciler {
   /** Validations one at a time: each sees the target devices the ones before it chose and recorded. */
   private choosing: Promise<unknown> = Promise.resolve();
 
-  private validateStep(m: DeviceMigration, status: Status): Promise<Applied> {
-    const run = this.choosing.then(() => this.validateNow(m, status));
+  private validateStep(m: DeviceMigration, status: Status, pass: Pass): Promise<Applied> {
+    const run = this.choosing.then(() => this.validateNow(m, status, pass));
     this.choosing = run.catch(() => undefined);
     return run;
   }
 
-  private async validateNow(m: DeviceMigration, status: Status): Promise<Applied> {
+  private async validateNow(m: DeviceMigration, status: Status, pass: Pass): Promise<Applied> {
     const spec = deviceMigrationSpec.safeParse(m.spec);
     const v = spec.success ? await validate(this.d.kube, m) : { ok: false as const, reason: 'InvalidSpec', message: spec.error.message };
     if (!v.ok) {
       // A device still held or an agent not yet ready may change by itself: wait, with a condition.
       const ev: Event = v.retry ? { kind: 'unknown', reason: v.reason, message: v.message } : { kind: 'invalid', reason: v.reason, message: v.message };
-      return this.apply(m, status, 'Pending', next('Pending', ev), []);
+      return this.apply(m, status, 'Pending', next('Pending', ev), [], pass);
     }
     const s: Status = { ...status, targetDevice: v.targetDevice, startedAt: new Date(this.now()).toISOString() };
-    return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), []);
+    return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), [], pass);
   }
 
   private async runStep(m: DeviceMigration, status: Status, step: Step, pass: Pass, group?: GroupContext): Promise<Applied> {
+    await pass.finalizing;
     pass.peers ??= await this.peers(m);
     const peers = pass.peers;
     if (!peers) {
       const t: Transition = { step, blocked: { reason: 'AgentUnknown', message: 'the DeviceNode of the source or target node is missing' } };
-      return this.apply(m, status, step, t, []);
+      return this.apply(m, status, step, t, [], pass);
     }
     const targetDevice = status.targetDevice ?? m.spec.target.device ?? '';
     const precopy = status.precopy ?? wantsPrecopy(m, peers.sourceNode, peers.targetNode, m.spec.source.device, targetDevice);
     const out = await act(step, { m, peers, ticket: ticketFor(this.d.ticketSecret, m), targetDevice, precopy, now: this.now(), ...(group ? { group } : {}) });
     const s: Status = { ...status, precopy, ...(out.status ?? {}) };
-    return this.apply(m, s, step, next(step, out.event), out.arcs ?? []);
+    return this.apply(m, s, step, next(step, out.event), out.arcs ?? [], pass);
   }
 
-  /** Records the transition, then says when to look again. */
-  private async apply(m: DeviceMigration, status: Status, from: Step, t: Transition, arcs: ArcRecord[]): Promise<Applied> {
+  /**
+   * Records the transition, then says when to look again. A forward move between steps whose
+   * replay is harmless is only kept in memory and written with the next record: the write-ahead
+   * records that matter (the target chosen, Commit, the end) are never skipped, and an op replayed
+   * after a crash answers as before. That the target runs is written behind: the next step does not
+   * wait for it. Group members record every step, in order: their siblings read them.
+   */
+  private async apply(m: DeviceMigration, status: Status, from: Step, t: Transition, arcs: ArcRecord[], pass: Pass): Promise<Applied> {
     const s = this.statusFor(m, status, t, arcs);
-    if (JSON.stringify(s) !== JSON.stringify(m.status ?? {})) {
-      const updated = await this.d.kube.patchMigrationStatus(m.metadata.name, s);
-      m.status = updated.status;
+    const plain = !m.spec.group && !t.failure && !t.blocked;
+    if (plain && UNRECORDED.has(`${from}>${t.step}`)) {
+      m.status = s;
+      pass.unsaved = true;
+    } else if (plain && BEHIND.has(`${from}>${t.step}`)) {
+      this.saveBehind(m, s, pass);
+    } else {
+      await this.save(m, s, pass);
     }
-    await this.report(m, from, t, arcs);
+    this.report(m, from, t, arcs, pass.events);
     if (t.step !== from) return { moved: true };
     return { moved: false, requeueAfterMs: t.blocked ? 1000 : t.waiting ? BARRIER_POLL_MS : POLL_MS };
+  }
+
+  private async save(m: DeviceMigration, s: Status, pass: Pass): Promise<void> {
+    const behind = pass.writing;
+    pass.writing = undefined;
+    await behind;
+    if (!pass.unsaved && JSON.stringify(s) === JSON.stringify(m.status ?? {})) return;
+    const updated = await this.d.kube.patchMigrationStatus(m.metadata.name, s);
+    m.status = updated.status;
+    pass.unsaved = false;
+  }
+
+  /** Starts the write and goes on; a failure surfaces at the next write or the end of the pass. */
+  private saveBehind(m: DeviceMigration, s: Status, pass: Pass): void {
+    const before = pass.writing ?? Promise.resolve();
+    m.status = s;
+    pass.unsaved = false;
+    pass.writing = before.then(async () => { await this.d.kube.patchMigrationStatus(m.metadata.name, s); });
+    pass.writing.catch(() => undefined);
   }
 
   private statusFor(m: DeviceMigration, status: Status, t: Transition, arcs: ArcRecord[]): Status {
@@ -235,13 +300,9 @@ export class Reconciler {
     return list;
   }
 
-  private async report(m: DeviceMigration, from: Step, t: Transition, arcs: ArcRecord[]): Promise<void> {
+  private report(m: DeviceMigration, from: Step, t: Transition, arcs: ArcRecord[], events: Pass['events']): void {
     const log = this.d.log.child({ migration: m.metadata.name });
-    // Events are told, not waited for: the status (written above) is the record; an Event that could
-    // not be created is logged.
-    const event = (type: 'Normal' | 'Warning', reason: string, message: string) => {
-      this.d.kube.event(m, type, reason, message).catch((e: unknown) => log.warn({ err: (e as Error).message, reason }, 'could not create an Event'));
-    };
+    const event = (type: 'Normal' | 'Warning', reason: string, message: string) => { events.push({ type, reason, message }); };
     for (const a of arcs.filter((x) => x.result === 'Failed' || x.to === 'ERROR')) {
       this.d.metrics.failedArcs.inc({ device: a.device });
       event('Warning', 'ArcFailed', `${a.device} ${a.from} -> ${a.to} failed: ${a.errno ?? ''} ${a.message ?? ''}`);

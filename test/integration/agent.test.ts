@@ -98,6 +98,25 @@ describe('agent: a migration through the control API', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(900);
   });
 
+  it('a long poll (?wait=) answers the moment the stream is verified, and refuses a bad wait', async () => {
+    // 4 MiB at 8 MiB/s: the stream takes about half a second.
+    await migrate('m4w', 'sim-0', { bandwidth: 8 * 2 ** 20 });
+    const asked = Date.now();
+    const v = await src.migration('m4w', 2000);
+    const waited = Date.now() - asked;
+    expect(v.sessions[0]?.phase).toBe('Verified');
+    expect(waited).toBeGreaterThanOrEqual(200);
+    expect(waited).toBeLessThan(1500);
+    // Nothing left to wait for: at once.
+    const again = Date.now();
+    await src.migration('m4w', 2000);
+    expect(Date.now() - again).toBeLessThan(200);
+    for (const [query, why] of [['wait=3000', /wait "3000": a whole number of milliseconds from 0 to 2000/], ['wait=-1', /wait "-1"/], ['wait=1e3', /wait "1e3"/],
+      ['timeout=5', /query parameter "timeout" is unknown; the only one is wait/]] as const) {
+      await expect(src.call('GET', `/v1/migrations/m4w?${query}`)).rejects.toMatchObject({ status: 400, message: expect.stringMatching(why) as unknown });
+    }
+  });
+
   it('cancel on the source mid-stream brings it back RUNNING and fails the target session', async () => {
     const before = await simDigest(simDir(source), 'sim-1');
     await migrate('m5', 'sim-1', { bandwidth: 2 * 2 ** 20 });

@@ -3,6 +3,7 @@
  * agents as processes on loopback addresses, the controller as a process.
  */
 import { spawn } from 'node:child_process';
+import * as k8s from '@kubernetes/client-node';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -70,8 +71,29 @@ describe('the API server refuses bad DeviceMigrations, naming the field', () => 
 describe('migrations', () => {
   it('StopCopy moves the state exactly and records every arc, the downtime and Ready', async () => {
     const before = await simDigest(simDir('node-1'), 'sim-0');
+    // Every status the API server stored, as a watch sees them.
+    const seen: DeviceMigration[] = [];
+    const watch = await new k8s.Watch(kube.config).watch('/apis/devmig.io/v1alpha1/devicemigrations', { fieldSelector: 'metadata.name=move' },
+      (_type: string, o: DeviceMigration) => { seen.push(o); }, () => undefined);
     await create('move', { source: { node: 'node-1', device: 'sim-0' }, target: { node: 'node-2', device: 'sim-0' }, strategy: 'StopCopy' });
     const m = await finished('move');
+    await until('the last status seen by the watch', () => Promise.resolve(seen.at(-1)?.status?.phase === 'Succeeded'));
+    watch.abort();
+    // Write-ahead: Commit was on record before the target committed (no RESUMING -> STOP arc yet).
+    const commit = seen.find((x) => x.status?.step === 'Commit');
+    expect(commit?.status?.arcs?.some((a) => a.device === 'target' && a.to === 'STOP' && a.from === 'RESUMING')).toBe(false);
+    // Steps whose replay is harmless are not written on their own: the target chosen, what the
+    // stream does while a look waits, Commit, the target running (committedAt), the end.
+    const recorded = [...new Set(seen.map((x) => x.status?.step).filter(Boolean))];
+    expect(recorded).toEqual(expect.arrayContaining(['PrepareTarget', 'Commit', 'ResumeTarget', 'Succeeded']));
+    expect(recorded.filter((x) => !['PrepareTarget', 'Streaming', 'Commit', 'ResumeTarget', 'Succeeded'].includes(x!))).toEqual([]);
+    expect(seen.find((x) => x.status?.step === 'ResumeTarget')?.status).toMatchObject({ committedAt: expect.any(String) as unknown, downtimeMs: expect.any(Number) as unknown });
+    // The Events still tell every step.
+    const told = await until('events of every step', async () => {
+      const reasons = (await kube.core.listNamespacedEvent({ namespace: 'default', fieldSelector: 'involvedObject.name=move' })).items.map((e) => e.reason);
+      return ['PrepareTarget', 'StartSend', 'Streaming', 'Commit', 'ResumeTarget', 'ReleaseSource', 'Succeeded'].every((r) => reasons.includes(r)) ? reasons : undefined;
+    });
+    expect(told.length).toBeGreaterThanOrEqual(7);
     expect(m.status?.phase).toBe('Succeeded');
     expect((await simDigest(simDir('node-2'), 'sim-0')).sha256).toBe(before.sha256);
     const arcs = m.status!.arcs!.map((a) => `${a.device}:${a.from}>${a.to}:${a.result}`);
@@ -96,8 +118,9 @@ describe('migrations', () => {
     expect(m.status!.arcs).toEqual(expect.arrayContaining([expect.objectContaining({ device: 'target', from: 'RESUMING', to: 'STOP', result: 'Failed', errno: 'EIO' })]));
     const after = await simDigest(simDir('node-1'), 'sim-1');
     expect(after).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
-    const events = await kube.core.listNamespacedEvent({ namespace: 'default', fieldSelector: 'involvedObject.name=refused' });
-    expect(events.items.some((e) => e.type === 'Warning' && e.reason === 'ArcFailed')).toBe(true);
+    // Events are created after the status is written, without holding up the steps.
+    await until('a Warning ArcFailed event', async () =>
+      (await kube.core.listNamespacedEvent({ namespace: 'default', fieldSelector: 'involvedObject.name=refused' })).items.some((e) => e.type === 'Warning' && e.reason === 'ArcFailed'));
   });
 
   it('cancel mid-stream rolls back', async () => {
