@@ -36,7 +36,11 @@ export const sendRequest = z.strictObject({
     endpoint: z.string().regex(/^https:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$/, 'must be https://HOST:PORT'),
   }),
 });
-export const commitRequest = z.strictObject({ ...base });
+export const commitRequest = z.strictObject({
+  ...base,
+  /** Once committed, run the device (STOP -> RUNNING) in the same op: one round trip less of downtime. */
+  resume: z.boolean().optional(),
+});
 export const cancelRequest = z.strictObject({ op: opName, reason: z.string().max(1024).optional() });
 
 export type SetStateRequest = z.infer<typeof setStateRequest>;

@@ -4,7 +4,8 @@
  * every byte has left (the target may then commit; only the controller knows).
  */
 import { RelayError } from '../relay/errors.js';
-import { sendStream, SendFailure } from '../relay/sender.js';
+import type { ClientHttp2Session } from 'node:http2';
+import { connectTarget, sendStream, SendFailure } from '../relay/sender.js';
 import type { MigrationDevice, SaveStream, SetStateResult } from '../vfio/device.js';
 import type { SendRequest } from './api.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
@@ -16,14 +17,28 @@ import type { z } from 'zod';
 
 type Send = z.output<typeof sendRequest>;
 
+/** How long the source waits for the target agent's TLS handshake before it gives up (device untouched). */
+const CONNECT_TIMEOUT_MS = 10_000;
+
 export async function startSend(ctx: AgentContext, device: string, req: Send): Promise<Reply> {
   const d = deviceOf(ctx, device);
   claim(ctx, device, req.migration);
   return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
     limitSessions(ctx);
     await ctx.journal.step(device, { migration: req.migration, role: 'source', step: 'send:open' });
+    // The target is reached before the device stops: an unreachable one costs no downtime (the
+    // device never stopped), and the TLS handshake is no part of the downtime.
+    let link: ClientHttp2Session;
+    try {
+      link = await connectTarget(req.target.endpoint, ctx.tls, AbortSignal.timeout(CONNECT_TIMEOUT_MS));
+    } catch (e) {
+      await ctx.journal.step(device, { step: 'send:failed' });
+      const message = `${(e as Error).message}; the device was not stopped (${await d.device.getState()})`;
+      return { status: 424, body: { arcs: [], state: await d.device.getState(), error: { code: 'PeerUnreachable', message } } };
+    }
     const r = await openSave(d.device, req.precopy);
     if (r.error) {
+      link.close();
       await ctx.journal.step(device, { step: 'send:failed' });
       return arcsReply(r);
     }
@@ -33,7 +48,7 @@ export async function startSend(ctx: AgentContext, device: string, req: Send): P
       phase: 'Streaming', bytes: 0, startedAt: new Date().toISOString(), abort: new AbortController(),
     };
     ctx.sessions.put(session);
-    session.done = run(ctx, session, r.stream, req);
+    session.done = run(ctx, session, r.stream, req, link);
     return { ...arcsReply(r), step: 'send:streaming' };
   }));
 }
@@ -55,14 +70,14 @@ async function openSave(dev: MigrationDevice, precopy: boolean): Promise<SetStat
   return { ...r, arcs: [...arcs, ...r.arcs] };
 }
 
-async function run(ctx: AgentContext, s: SendSession, save: SaveStream, req: Send): Promise<void> {
+async function run(ctx: AgentContext, s: SendSession, save: SaveStream, req: Send, link: ClientHttp2Session): Promise<void> {
   const log = ctx.log.child({ migration: s.migration, device: s.device, role: 'source' });
   try {
     const result = await sendStream(save, {
       endpoint: req.target.endpoint, tls: ctx.tls, migration: s.migration, device: req.target.device, ticket: req.ticket,
       algorithm: ctx.config.digest, signal: s.abort.signal, ...(req.bandwidth ? { bandwidth: req.bandwidth } : {}),
       onProgress: (b) => { s.bytes = b; },
-    });
+    }, link);
     s.allSent = true;
     s.bytes = result.bytes;
     s.digest = result.digest;

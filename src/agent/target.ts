@@ -41,14 +41,17 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
   const algorithm = algorithmOf(`${String(headers[Wire.algorithm] ?? ctx.config.digest)}:`) ?? ctx.config.digest;
   session.ticketUsed = true;
   session.phase = 'Streaming';
-  await ctx.journal.step(session.device, { step: 'receive:streaming' });
+  // These two steps are what a person reads; a restart treats a stream it lost the same either way
+  // (interrupted; the commit needs the live session). So they are written in the journal's order,
+  // without holding up the first byte or the verdict, both inside the downtime.
+  note(ctx, session.device, 'receive:streaming');
   try {
     const got = await receiveStream(stream, session.resume, {
       algorithm, signal: session.abort.signal, trailers, onProgress: (b) => { session.bytes = b; },
     });
     session.digest = got.digest;
     finish(session, 'Verified');
-    await ctx.journal.step(session.device, { step: 'receive:verified' });
+    note(ctx, session.device, 'receive:verified');
     return { status: 200, body: { verified: true, bytes: got.bytes, digest: got.digest } };
   } catch (e) {
     if (!(e instanceof RelayError)) throw e;
@@ -57,6 +60,10 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
     const status = e.code === 'StreamMismatch' ? 422 : 400;
     return { status, body: { verified: false, error: e.code, message: e.message } };
   }
+}
+
+function note(ctx: AgentContext, device: string, step: string): void {
+  ctx.journal.step(device, { step }).catch((e: unknown) => ctx.log.warn({ device, step, err: (e as Error).message }, 'could not journal a step'));
 }
 
 function admit(ctx: AgentContext, who: Identity, migration: string, headers: IncomingHttpHeaders): ReceiveSession & { resume: ResumeStream } {
@@ -93,7 +100,11 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
       return arcsReply(r);
     }
     finish(s, 'Committed');
-    return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done' };
+    if (!req.resume) return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done' };
+    // Committed is on record before the device runs: a restart in between knows the commit happened.
+    await ctx.journal.step(device, { step: 'commit:done' });
+    const run = await d.device.setState('RUNNING');
+    return { ...arcsReply({ ...run, arcs: [...r.arcs, ...run.arcs] }, { bytes: s.bytes, digest: s.digest }), step: 'state:RUNNING' };
   }));
 }
 

@@ -107,13 +107,13 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       // A group member commits only once every member's stream is verified (each records Commit then).
       const wait = c.group && barrier(c.group, (x) => pastCommit((x.status?.step ?? 'Pending') as Step), 'their streams verified');
       if (wait) return { event: wait };
-      const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit' }));
-      if (o.event.kind !== 'ok') return o;
-      const committed = { arcs: o.arcs ?? [], status: { committedAt: new Date(c.now).toISOString() } };
       // A group member's target stays in STOP until all committed (ResumeTarget). Alone: the commit
-      // gate, then at once RUNNING, every moment between being downtime; a crash between the two
-      // replays both ops (recorded by the agent), so ResumeTarget only confirms.
-      return joined(committed, c.group ? { event: { kind: 'ok' } } : await resume(c));
+      // gate and at once RUNNING, in one op (every moment between is downtime); a crash replays it
+      // (recorded by the agent), and ResumeTarget finds the target's RUNNING arc in the status.
+      const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit', ...(c.group ? {} : { resume: true }) }));
+      const committed = o.arcs?.some((a) => a.from === 'RESUMING' && a.to === 'STOP' && a.result === 'Succeeded');
+      if (!committed) return o;
+      return { ...o, status: { committedAt: new Date(c.now).toISOString(), ...(o.event.kind === 'ok' ? downtime(c, o.arcs) : {}) } };
     }
     case 'ResumeTarget':
       if (c.group) return resumeTogether(c, c.group);
@@ -185,10 +185,14 @@ async function resumeTogether(c: StepContext, g: GroupContext): Promise<Outcome>
 /** Target RUNNING; the downtime runs from the source's stopping arc to the end of this one. */
 async function resume(c: StepContext): Promise<Outcome> {
   const o = await call('target', () => c.peers.target.setState(c.targetDevice, { migration: c.m.metadata.name, op: 'run', state: 'RUNNING' }));
+  return o.event.kind === 'ok' ? { ...o, status: downtime(c, o.arcs) } : o;
+}
+
+/** The downtime: from the source's stopping arc to the end of the target's arc to RUNNING. */
+function downtime(c: StepContext, arcs: ArcRecord[] | undefined): { downtimeMs?: number } {
   const stopped = c.m.status?.stopCopyAt;
-  const running = o.arcs?.find((a) => a.to === 'RUNNING');
-  if (o.event.kind !== 'ok' || !stopped || !running) return o;
-  return { ...o, status: { downtimeMs: Date.parse(running.startedAt) + running.durationMs - Date.parse(stopped) } };
+  const running = arcs?.find((a) => a.to === 'RUNNING' && a.result === 'Succeeded');
+  return stopped && running ? { downtimeMs: Date.parse(running.startedAt) + running.durationMs - Date.parse(stopped) } : {};
 }
 
 /** When the source's arc into `state` began: where the device stopped running. */

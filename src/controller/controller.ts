@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { GROUP, VERSION } from '../api/names.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import type { Kube } from './kube.js';
+import type { DeviceMigration, Kube } from './kube.js';
 import { lead, type LeaderOptions } from './leader.js';
 import { Metrics } from './metrics.js';
 import { WorkQueue } from './queue.js';
@@ -32,6 +32,8 @@ export interface ControllerOptions {
 
 export class Controller {
   private readonly informers: Array<k8s.Informer<k8s.KubernetesObject>> = [];
+  /** The DeviceMigrations as the watch last delivered them. */
+  private migrations: k8s.Informer<k8s.KubernetesObject> & k8s.ObjectCache<k8s.KubernetesObject> | undefined;
   private stopLease: (() => void) | undefined;
   private resync: NodeJS.Timeout | undefined;
   private server: Server | undefined;
@@ -43,7 +45,8 @@ export class Controller {
   private readonly groups: WorkQueue;
 
   constructor(private readonly o: ControllerOptions) {
-    this.reconciler = new Reconciler({ kube: o.kube, tls: o.tls, ticketSecret: o.ticketSecret, log: o.log, metrics: this.metrics });
+    this.reconciler = new Reconciler({ kube: o.kube, tls: o.tls, ticketSecret: o.ticketSecret, log: o.log, metrics: this.metrics,
+      watched: (name) => this.migrations?.get(name) as DeviceMigration | undefined });
     this.queue = this.queueOf('migration', async (name) => {
       this.metrics.reconciles.inc();
       return this.reconciler.reconcile(name);
@@ -93,8 +96,10 @@ export class Controller {
 
   private async watch(): Promise<void> {
     // A migration's change also wakes the evacuation it belongs to (its status aggregates them).
-    await this.watchKind('devicemigrations', (m) => {
-      this.queue.add(m.metadata!.name!);
+    // A version the reconciler wrote itself wakes it for nothing: the pass that wrote it goes on.
+    await this.watchKind('devicemigrations', (m, type) => {
+      if (type === 'delete') this.reconciler.forget(m.metadata!.name!);
+      if (type === 'delete' || !this.reconciler.isOwnWrite(m.metadata!.name!, m.metadata?.resourceVersion)) this.queue.add(m.metadata!.name!);
       const evac = m.metadata?.labels?.[EVACUATION_LABEL];
       if (evac) this.evacuations.add(evac);
       const group = m.metadata?.labels?.[GROUP_LABEL];
@@ -104,14 +109,11 @@ export class Controller {
     await this.watchKind('devicemigrationgroups', (g) => this.groups.add(g.metadata!.name!));
   }
 
-  private async watchKind(plural: string, enqueue: (o: k8s.KubernetesObject) => void): Promise<void> {
+  private async watchKind(plural: string, enqueue: (o: k8s.KubernetesObject, type: 'add' | 'update' | 'delete') => void): Promise<void> {
     const path = `/apis/${GROUP}/${VERSION}/${plural}`;
     const list = async () => (await this.o.kube.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural })) as k8s.KubernetesListObject<k8s.KubernetesObject>;
     const inf = k8s.makeInformer<k8s.KubernetesObject>(this.o.kube.config, path, list);
-    const add = (o: k8s.KubernetesObject) => { if (o.metadata?.name) enqueue(o); };
-    inf.on('add', add);
-    inf.on('update', add);
-    inf.on('delete', add);
+    for (const type of ['add', 'update', 'delete'] as const) inf.on(type, (o: k8s.KubernetesObject) => { if (o.metadata?.name) enqueue(o, type); });
     // The informer stops on errors other than 410: start it again after a pause, and relist.
     inf.on('error', (e: unknown) => {
       if (this.stopped) return;
@@ -119,6 +121,7 @@ export class Controller {
       setTimeout(() => { if (!this.stopped) void inf.start().catch(() => undefined); }, 2000).unref();
     });
     this.informers.push(inf);
+    if (plural === 'devicemigrations') this.migrations = inf;
     await inf.start();
   }
 

@@ -29,12 +29,43 @@ export const FIELD_MANAGER = 'devmig';
 type Plural = 'devicemigrations' | 'devicenodes' | 'deviceevacuations' | 'devicemigrationgroups';
 const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
 
+type RequestContext = Parameters<k8s.KubeConfig['applySecurityAuthentication']>[0];
+type Dispatcher = NonNullable<ReturnType<RequestContext['getDispatcher']>>;
+const KEPT = Symbol('devmig.keepAlive');
+
+/**
+ * client-node 2.0 makes a new undici Agent for every API request (applySecurityAuthentication), so
+ * every request opened a new TLS connection: measured on bench:control, TLS handshakes were the
+ * controller's largest cost and a large part of the API server's. One Agent per KubeConfig keeps its
+ * connections alive and reuses them. (What it is made from, the kubeconfig's cluster and user, does
+ * not change during a process; a token is a header, applied per request as before.)
+ */
+function keepAlive(kc: k8s.KubeConfig): void {
+  const marked = kc as k8s.KubeConfig & { [KEPT]?: true };
+  if (marked[KEPT]) return;
+  marked[KEPT] = true;
+  const apply = kc.applySecurityAuthentication.bind(kc);
+  let shared: Dispatcher | undefined;
+  kc.applySecurityAuthentication = async (context: RequestContext) => {
+    await apply(context);
+    const made = context.getDispatcher();
+    if (!made) return;
+    if (!shared) {
+      shared = made;
+      return;
+    }
+    if (made !== shared) void made.close();
+    context.setDispatcher(shared);
+  };
+}
+
 export class Kube {
   readonly custom: k8s.CustomObjectsApi;
   readonly core: k8s.CoreV1Api;
   readonly coordination: k8s.CoordinationV1Api;
 
   constructor(readonly config: k8s.KubeConfig) {
+    keepAlive(config);
     this.custom = config.makeApiClient(k8s.CustomObjectsApi);
     this.core = config.makeApiClient(k8s.CoreV1Api);
     this.coordination = config.makeApiClient(k8s.CoordinationV1Api);
@@ -109,11 +140,13 @@ export class Kube {
     return this.patchStatus('devicemigrations', name, status);
   }
 
-  async setFinalizers(name: string, finalizers: string[], resourceVersion?: string): Promise<void> {
-    await this.custom.patchClusterCustomObject(
+  /** Returns the resourceVersion written. */
+  async setFinalizers(name: string, finalizers: string[], resourceVersion?: string): Promise<string | undefined> {
+    const r = await this.custom.patchClusterCustomObject(
       { group: GROUP, version: VERSION, plural: 'devicemigrations', name,
         body: { metadata: { finalizers, ...(resourceVersion ? { resourceVersion } : {}) } }, fieldManager: FIELD_MANAGER }, merge,
-    );
+    ) as k8s.KubernetesObject;
+    return r.metadata?.resourceVersion;
   }
 
   getDeviceNode(name: string): Promise<DeviceNode | undefined> {

@@ -13,7 +13,7 @@ import { GROUP_LABEL } from './group.js';
 import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
 import { isTerminal, next, phaseOf, type Event, type Step, type Transition } from './machine.js';
 import type { Metrics } from './metrics.js';
-import { validate } from './validate.js';
+import { validate, type ValidationReads } from './validate.js';
 
 export const FINALIZER = 'devmig.io/rollback';
 const POLL_MS = 20;
@@ -29,6 +29,8 @@ export interface ReconcilerDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly now?: () => number;
+  /** The migration as the controller's watch last delivered it, if it has one. */
+  readonly watched?: (name: string) => DeviceMigration | undefined;
 }
 
 type Status = DeviceMigrationStatus;
@@ -88,14 +90,40 @@ export function progressOf(previous: string | undefined, s: DeviceMigrationStatu
 
 export class Reconciler {
   private readonly clients = new Map<string, AgentClient>();
+  /** Per migration, the resourceVersion of the last write of ours: its watch event brings nothing new. */
+  private readonly written = new Map<string, string>();
   constructor(private readonly d: ReconcilerDeps) {}
 
   private now(): number {
     return (this.d.now ?? Date.now)();
   }
 
+  /** Whether this version of the migration is one this reconciler wrote (a watch need not wake it). */
+  isOwnWrite(name: string, resourceVersion: string | undefined): boolean {
+    return resourceVersion !== undefined && this.written.get(name) === resourceVersion;
+  }
+
+  forget(name: string): void {
+    this.written.delete(name);
+  }
+
+  private wrote(name: string, resourceVersion: string | undefined): void {
+    if (resourceVersion) this.written.set(name, resourceVersion);
+  }
+
+  /**
+   * The migration to act on: what the watch delivered when that is known to be current with our own
+   * writes (a new object nobody wrote status to yet, or the very version we wrote last), else a read.
+   * Either can be a few milliseconds behind a user's change; that change's own event comes next.
+   */
+  private async read(name: string): Promise<DeviceMigration | undefined> {
+    const w = this.d.watched?.(name);
+    const current = w && (w.status?.step === undefined ? !this.written.has(name) : this.isOwnWrite(name, w.metadata.resourceVersion));
+    return current ? structuredClone(w) : this.d.kube.getMigration(name);
+  }
+
   async reconcile(name: string): Promise<{ requeueAfterMs?: number }> {
-    const m = await this.d.kube.getMigration(name);
+    const m = await this.read(name);
     if (!m) return {};
     const deleting = Boolean(m.metadata.deletionTimestamp);
     if (isTerminal((m.status?.step ?? 'Pending') as Step)) return this.finish(m, deleting);
@@ -104,7 +132,7 @@ export class Reconciler {
     // while the first step validates; no agent op runs before it is there.
     const pass: Pass = { peers: undefined, unsaved: false, events: [] };
     if (!deleting && !(m.metadata.finalizers ?? []).includes(FINALIZER)) {
-      pass.finalizing = this.d.kube.setFinalizers(name, [...(m.metadata.finalizers ?? []), FINALIZER]);
+      pass.finalizing = this.d.kube.setFinalizers(name, [...(m.metadata.finalizers ?? []), FINALIZER]).then((rv) => this.wrote(name, rv));
       pass.finalizing.catch(() => undefined);
     }
     try {
@@ -183,8 +211,10 @@ export class Reconciler {
 
   private async validateNow(m: DeviceMigration, status: Status, pass: Pass): Promise<Applied> {
     const spec = deviceMigrationSpec.safeParse(m.spec);
-    const v = spec.success ? await validate(this.d.kube, m) : { ok: false as const, reason: 'InvalidSpec', message: spec.error.message };
+    const v = spec.success ? await validate(this.reads, m) : { ok: false as const, reason: 'InvalidSpec', message: spec.error.message };
     if (!v.ok) {
+      // What is cached may be what failed: the next try reads both nodes afresh.
+      for (const n of [m.spec.source.node, m.spec.target.node]) { this.nodes.delete(n); this.known.delete(n); }
       // A device still held or an agent not yet ready may change by itself: wait, with a condition.
       const ev: Event = v.retry ? { kind: 'unknown', reason: v.reason, message: v.message } : { kind: 'invalid', reason: v.reason, message: v.message };
       return this.apply(m, status, 'Pending', next('Pending', ev), [], pass);
@@ -226,7 +256,7 @@ export class Reconciler {
     } else {
       await this.save(m, s, pass);
     }
-    this.report(m, from, t, arcs, pass.events);
+    this.report(m, from, t, arcs, pass.events, status.phase);
     if (t.step !== from) return { moved: true };
     return { moved: false, requeueAfterMs: t.blocked ? 1000 : t.waiting ? BARRIER_POLL_MS : POLL_MS };
   }
@@ -237,6 +267,7 @@ export class Reconciler {
     await behind;
     if (!pass.unsaved && JSON.stringify(s) === JSON.stringify(m.status ?? {})) return;
     const updated = await this.d.kube.patchMigrationStatus(m.metadata.name, s);
+    this.wrote(m.metadata.name, updated.metadata.resourceVersion);
     m.status = updated.status;
     pass.unsaved = false;
   }
@@ -246,7 +277,7 @@ export class Reconciler {
     const before = pass.writing ?? Promise.resolve();
     m.status = s;
     pass.unsaved = false;
-    pass.writing = before.then(async () => { await this.d.kube.patchMigrationStatus(m.metadata.name, s); });
+    pass.writing = before.then(async () => { this.wrote(m.metadata.name, (await this.d.kube.patchMigrationStatus(m.metadata.name, s)).metadata.resourceVersion); });
     pass.writing.catch(() => undefined);
   }
 
@@ -300,7 +331,11 @@ export class Reconciler {
     return list;
   }
 
-  private report(m: DeviceMigration, from: Step, t: Transition, arcs: ArcRecord[], events: Pass['events']): void {
+  /**
+   * Logs every step; tells people (Events) what they see change: the phase, each failed arc, and
+   * every step of a rollback or failure, as Warnings.
+   */
+  private report(m: DeviceMigration, from: Step, t: Transition, arcs: ArcRecord[], events: Pass['events'], phaseBefore: string | undefined): void {
     const log = this.d.log.child({ migration: m.metadata.name });
     const event = (type: 'Normal' | 'Warning', reason: string, message: string) => { events.push({ type, reason, message }); };
     for (const a of arcs.filter((x) => x.result === 'Failed' || x.to === 'ERROR')) {
@@ -310,7 +345,9 @@ export class Reconciler {
     if (t.step === from) return;
     log.info({ from, to: t.step, failure: t.failure }, 'step');
     const warn = t.step === 'RollBack' || t.step === 'Failed' || t.step === 'RolledBack';
-    event(warn ? 'Warning' : 'Normal', t.failure?.reason ?? t.step, t.failure?.message ?? `${from} -> ${t.step}`);
+    const phase = m.status?.phase;
+    if (warn) event('Warning', t.failure?.reason ?? t.step, t.failure?.message ?? `${from} -> ${t.step}`);
+    else if (phase && phase !== phaseBefore) event('Normal', phase, `${phaseBefore ?? 'Pending'} -> ${phase} (step ${t.step})`);
     if (isTerminal(t.step)) this.d.metrics.finished(m, t.step);
   }
 
@@ -323,6 +360,25 @@ export class Reconciler {
 
   /** DeviceNodes change rarely (endpoint) and are read often: kept for a few seconds. */
   private readonly nodes = new Map<string, { node: DeviceNode | undefined; at: number }>();
+  /** Nodes seen to exist, and when. */
+  private readonly known = new Map<string, number>();
+
+  /**
+   * Validation's reads: the migrations fresh (they say which devices are taken, and validations one
+   * after another must see each other's choices); Nodes and DeviceNodes that exist from the caches,
+   * as the steps read them (an agent's readiness is its heartbeat's age, which a cache only ages).
+   */
+  private readonly reads: ValidationReads = {
+    listMigrations: (selector?: string) => this.d.kube.listMigrations(selector),
+    getDeviceNode: (name: string) => this.deviceNode(name),
+    nodeExists: async (name: string) => {
+      const at = this.known.get(name);
+      if (at !== undefined && this.now() - at < NODE_CACHE_MS) return true;
+      const exists = await this.d.kube.nodeExists(name);
+      if (exists) this.known.set(name, this.now());
+      return exists;
+    },
+  };
 
   private async deviceNode(name: string): Promise<DeviceNode | undefined> {
     const hit = this.nodes.get(name);

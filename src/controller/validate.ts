@@ -53,7 +53,10 @@ export function inFlight(migrations: DeviceMigration[], but?: string): Map<strin
   return out;
 }
 
-export async function validate(kube: Kube, m: DeviceMigration): Promise<Validation> {
+/** What validation reads: the migrations always fresh; Nodes and DeviceNodes may come from a short cache. */
+export type ValidationReads = Pick<Kube, 'nodeExists' | 'getDeviceNode' | 'listMigrations'>;
+
+export async function validate(kube: ValidationReads, m: DeviceMigration): Promise<Validation> {
   const { source, target } = m.spec;
   // Everything validation reads, read at once: five API round trips in the time of one.
   const [sourceExists, targetExists, sn, tn, all] = await Promise.all([

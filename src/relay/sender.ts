@@ -55,8 +55,12 @@ export class SendFailure extends RelayError {
   }
 }
 
-export async function sendStream(save: SaveStream, opts: SendOptions): Promise<SendResult> {
-  const session = await openSession(opts);
+/**
+ * Streams `save` to the target. `link`, when given, is a session already connected (connectTarget):
+ * the source agent connects before the device stops, so the handshake is no part of the downtime.
+ */
+export async function sendStream(save: SaveStream, opts: SendOptions, link?: ClientHttp2Session): Promise<SendResult> {
+  const session = link ?? await connectTarget(opts.endpoint, opts.tls, opts.signal);
   const state = { bytes: 0, allSent: false };
   try {
     const req = session.request({
@@ -222,16 +226,18 @@ async function readResponse(req: ClientHttp2Stream): Promise<TargetVerdict> {
   throw new RelayError(code, `the target refused the stream (${status}): ${why}`, status);
 }
 
-async function openSession(opts: SendOptions): Promise<ClientHttp2Session> {
-  const session = connect(opts.endpoint, clientOptions(opts.tls));
+/** An HTTP/2 session to the target agent, connected (TLS done), with the bulk window. */
+export async function connectTarget(endpoint: string, tls: TlsMaterial, signal: AbortSignal): Promise<ClientHttp2Session> {
+  const session = connect(endpoint, clientOptions(tls));
   session.on('error', () => undefined); // surfaced through the request that fails
   try {
-    await once(session, 'connect', { signal: opts.signal });
+    await once(session, 'connect', { signal });
   } catch (e) {
     session.destroy();
-    throw new RelayError('PeerUnreachable', `cannot reach the target agent at ${opts.endpoint}: ${(e as Error).message}`);
+    const why = signal.aborted ? `no connection (${String(signal.reason)})` : (e as Error).message;
+    throw new RelayError('PeerUnreachable', `cannot reach the target agent at ${endpoint}: ${why}`);
   }
-  session.setLocalWindowSize(clientOptions(opts.tls).settings?.initialWindowSize ?? 65535);
+  session.setLocalWindowSize(clientOptions(tls).settings?.initialWindowSize ?? 65535);
   return session;
 }
 

@@ -75,6 +75,28 @@ describe('agent: a migration through the control API', () => {
     expect((await dst.device('sim-0')).migration).toBeUndefined();
   });
 
+  it('commits and runs in one op when asked (resume), and a replay answers the same', async () => {
+    const before = await simDigest(simDir(source), 'sim-0');
+    await migrate('m1r');
+    await src.migration('m1r', 2000);
+    const req = { migration: 'm1r', op: 'commit', resume: true };
+    const c = await dst.commit('sim-0', req);
+    expect(c.arcs.map((a) => `${a.from}>${a.to}:${a.result}`)).toEqual(['RESUMING>STOP:Succeeded', 'STOP>RUNNING_P2P:Succeeded', 'RUNNING_P2P>RUNNING:Succeeded']);
+    expect(c.state).toBe('RUNNING');
+    expect(await dst.commit('sim-0', req)).toEqual({ ...c, replayed: true });
+    expect(await simDigest(simDir(target), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
+    expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'state:RUNNING' });
+  });
+
+  it('a target agent that cannot be reached fails the send before the device stops', async () => {
+    const ticket = newTicket();
+    const r = await src.send('sim-0', { migration: 'm1u', op: 'send', ticket, target: { node: 'node-b', device: 'sim-0', endpoint: 'https://127.0.0.9:1' } })
+      .catch((e: unknown) => e as AgentCallError);
+    expect(r).toBeInstanceOf(AgentCallError);
+    expect(r).toMatchObject({ status: 424, code: 'PeerUnreachable', message: expect.stringMatching(/cannot reach the target agent at https:\/\/127.0.0.9:1.*the device was not stopped \(RUNNING\)/) as unknown });
+    expect(await simDigest(simDir(source), 'sim-0')).toMatchObject({ state: 'RUNNING' });
+  });
+
   it('repeating an op returns the recorded result; the same op with other parameters is refused', async () => {
     const ticket = newTicket();
     const req = { migration: 'm2', op: 'prepare', ticket, sourceNode: 'node-a' };
