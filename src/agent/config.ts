@@ -105,3 +105,11 @@ export async function loadAgentConfig(path: string, overrides: Record<string, un
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`${path}: expected a mapping of settings`);
   return parseAgentConfig({ ...raw, ...overrides }, path);
 }
+
+/**
+ * Node flags the agent process starts with (the chart sets them as NODE_OPTIONS). A 1 MiB young
+ * generation: the relay receives a stream as 16 KiB buffers, and with V8's default semi-space their
+ * memory lived on until a late scavenge, which took the target agent's RSS from ~95 to ~175 MB while
+ * it streamed (bench:relay, 1 GiB). They take effect at start only (v8.setFlagsFromString is too late).
+ */
+export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1'];

@@ -13,6 +13,7 @@ import { connect as tlsConnect, createServer as tlsServer } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { AgentClient } from '../agent/client.js';
+import { AGENT_NODE_FLAGS } from '../agent/config.js';
 import { newTicket } from '../agent/identity.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { issue, load, type Material } from '../local/pki.js';
@@ -39,7 +40,7 @@ async function main(): Promise<void> {
     const ctl = await load(await issue(pki, 'controller', 'controller'));
     say(`relay: ${formatBytes(size)} between two agent processes (digest ${values.digest})`);
     const relay = await relayRun(dir, pki, ctl, size, values.digest);
-    say(`relay: ${relay.MBps.toFixed(0)} MB/s, agent peak RSS ${relay.peakRssMB.toFixed(0)} MB`);
+    say(`relay: ${relay.MBps.toFixed(0)} MB/s, agent peak RSS ${relay.peakRssMB.toFixed(0)} MB (source ${relay.rss[0]!.toFixed(0)}, target ${relay.rss[1]!.toFixed(0)})`);
     const baseline = await baselineRun(dir, relay.bytes);
     say(`baseline TLS pipe: ${baseline.toFixed(0)} MB/s`);
     const out = {
@@ -63,7 +64,7 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
         devices: { simulated: { dir: join(dir, node, 'sim'), devices: [{ name: 'sim-0', stateSize: size, pageSize: MiB }] } },
       };
       await writeFile(join(dir, `${node}.json`), JSON.stringify(cfg));
-      const child = spawn(process.execPath, [devmig, 'agent', '--config', join(dir, `${node}.json`)], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEVMIG_LOG_LEVEL: 'warn' } });
+      const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, devmig, 'agent', '--config', join(dir, `${node}.json`)], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEVMIG_LOG_LEVEL: 'warn' } });
       agents.push({ child, endpoint: `https://${host}:${port}` });
     }
     const [a, b] = agents.map((x) => new AgentClient(x.endpoint, ctl, 120_000)) as [AgentClient, AgentClient];
@@ -83,7 +84,7 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
     const rss = await Promise.all(agents.map((x) => peakRss(x.child.pid!)));
     a.close();
     b.close();
-    return { bytes, MBps: bytes / MiB / seconds, peakRssMB: Math.max(...rss) };
+    return { bytes, MBps: bytes / MiB / seconds, peakRssMB: Math.max(...rss), rss };
   } finally {
     for (const x of agents) x.child.kill('SIGTERM');
   }

@@ -4,8 +4,7 @@ import { join, resolve } from 'node:path';
 import { API_VERSION } from '../api/names.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { isFinalPhase } from '../api/types.js';
-import { Kube, type DeviceMigration } from '../controller/kube.js';
-import { localDown, localUp, readLocal } from '../local/env.js';
+import type { DeviceMigration, Kube } from '../controller/kube.js';
 import { simDigest } from '../vfio/sim/digest.js';
 import { CliError, jsonLine, parseFormat, table, type Io } from './output.js';
 
@@ -17,10 +16,13 @@ export function registerLocal(program: Command, io: Io): void {
   addUpOptions(up).action((o: UpOpts) => up_(o, io));
   local.command('down').description('stop everything `local up` started (idempotent)')
     .option('--dir <dir>', 'where the local environment lives', '.devmig')
-    .action((o: { dir: string }) => localDown(o.dir, (t) => io.out(t)));
+    .action(async (o: { dir: string }) => (await env()).localDown(o.dir, (t) => io.out(t)));
   const demo = local.command('demo').description('local up, then migrate node-1/sim-0 to node-2 and watch it, then check the digest');
   addUpOptions(demo).option('--strategy <s>', 'StopCopy, PreCopy or Auto', 'Auto').action((o: UpOpts & { strategy: string }) => runDemo(o, io));
 }
+
+/** The local environment and the Kubernetes client, loaded by the commands that use them (~50 MB of RSS). */
+const env = () => import('../local/env.js');
 
 function addUpOptions(c: Command): Command {
   return c.option('--dir <dir>', 'where the local environment lives', '.devmig')
@@ -33,7 +35,7 @@ function addUpOptions(c: Command): Command {
 
 async function up_(o: UpOpts, io: Io): Promise<void> {
   const format = parseFormat(o.output);
-  const state = await localUp(upOptions(o), (t) => { if (format === 'text') io.out(t); });
+  const state = await (await env()).localUp(upOptions(o), (t) => { if (format === 'text') io.out(t); });
   if (format === 'json') io.out(jsonLine(state));
 }
 
@@ -50,7 +52,8 @@ function upOptions(o: UpOpts) {
 async function runDemo(o: UpOpts & { strategy: string }, io: Io): Promise<void> {
   const format = parseFormat(o.output);
   const say = (t: string) => { if (format === 'text') io.out(t); };
-  const state = await localUp(upOptions(o), say);
+  const state = await (await env()).localUp(upOptions(o), say);
+  const { Kube } = await import('../controller/kube.js');
   const kube = Kube.fromFile(state.kubeconfig);
   const src = state.agents[0]!;
   const before = await simDigest(src.simDir, 'sim-0');
@@ -90,7 +93,7 @@ async function watch(kube: Kube, name: string, say: (t: string) => void): Promis
 }
 
 export async function localSimDir(dir: string, node: string): Promise<string> {
-  const s = await readLocal(dir);
+  const s = await (await env()).readLocal(dir);
   const a = s?.agents.find((x) => x.node === node);
   if (!a) throw new CliError(`no local node ${node} in ${resolve(dir)}; run \`devmig local up\` first`);
   return a.simDir;

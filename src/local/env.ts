@@ -13,6 +13,7 @@ import { PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { parse } from 'yaml';
 import { crdFiles, KINDS } from '../api/crd.js';
 import { GROUP } from '../api/names.js';
+import { AGENT_NODE_FLAGS } from '../agent/config.js';
 import { Kube } from '../controller/kube.js';
 import { alive } from '../vfio/sim/lock.js';
 import { startApiserver } from './apiserver.js';
@@ -157,8 +158,8 @@ async function logFile(dir: string, name: string): Promise<number> {
   return openSync(join(dir, 'logs', `${name}.log`), 'a');
 }
 
-function launch(args: string[], log: number): number {
-  const child = spawn(process.execPath, [devmigBin, ...args], { detached: true, stdio: ['ignore', log, log] });
+function launch(args: string[], log: number, nodeFlags: readonly string[] = []): number {
+  const child = spawn(process.execPath, [...nodeFlags, devmigBin, ...args], { detached: true, stdio: ['ignore', log, log] });
   closeSync(log); // the child has its own copy
   child.unref();
   if (!child.pid) throw new Error(`could not start devmig ${args.join(' ')}`);
@@ -178,7 +179,7 @@ async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: st
     devices: { simulated: { dir: join(home, 'sim'), devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
   };
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
-  const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`));
+  const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`), AGENT_NODE_FLAGS);
   return { node, pid, endpoint: o.advertise?.[node] ?? `https://${host}:9443`, simDir: join(home, 'sim'), stateDir: join(home, 'state') };
 }
 

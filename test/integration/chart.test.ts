@@ -7,7 +7,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
-import { parseAgentConfig } from '../../src/agent/config.js';
+import { AGENT_NODE_FLAGS, parseAgentConfig } from '../../src/agent/config.js';
 import { crdFiles } from '../../src/api/crd.js';
 import { controllerConfigSchema } from '../../src/controller/config.js';
 import { Kube } from '../../src/controller/kube.js';
@@ -95,6 +95,10 @@ describe('what it renders', () => {
     // The holder is the pod's second container, and sees the agent's processes.
     expect(s.shareProcessNamespace).toBe(true);
     expect(s.containers.map((c) => c.args?.[0])).toEqual(['agent', 'holder']);
+    // The agent starts with the Node flags the local environment and the benchmark give it.
+    for (const spec of [k, s]) {
+      expect(spec.containers[0]!.env?.find((e) => e.name === 'NODE_OPTIONS')?.value).toBe(AGENT_NODE_FLAGS.join(' '));
+    }
   });
 
   it('its config files are ones the controller and agent accept, and leader election follows replicas', async () => {

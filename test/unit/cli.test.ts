@@ -1,8 +1,9 @@
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { STATE_NAMES } from '../../src/vfio/uapi.js';
-import { lastJson, runBin, runCli } from '../helpers/cli.js';
+import { devmigBin, lastJson, repoRoot, runBin, runCli } from '../helpers/cli.js';
 
 describe('devmig fsm (the CLI contract)', () => {
   it('path -o json prints exactly the path and exits 0 (a real process)', async () => {
@@ -107,5 +108,23 @@ describe('devmig sim and device probe', () => {
       'source:RUNNING>RUNNING_P2P', 'source:RUNNING_P2P>STOP', 'source:STOP>STOP_COPY',
       'target:RESUMING>STOP', 'target:STOP>RUNNING_P2P', 'target:RUNNING_P2P>RUNNING',
     ]);
+  });
+});
+
+describe('what a command loads', () => {
+  const hook = `${repoRoot}test/helpers/no-kube-client.mjs`;
+  const run = (...args: string[]) => new Promise<{ code: number; stderr: string }>((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', hook, devmigBin, ...args]);
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
+  });
+
+  it('the agent and the fsm commands never load the Kubernetes client (~50 MB of RSS); local does', async () => {
+    await expect(run('agent', '--help')).resolves.toMatchObject({ code: 0 });
+    await expect(run('fsm', 'path', '--from', 'RUNNING', '--to', 'STOP')).resolves.toMatchObject({ code: 0 });
+    // The hook works: a command that needs the client fails on it.
+    await expect(run('local', 'down', '--dir', '/nonexistent')).resolves.toMatchObject({ stderr: expect.stringMatching(/the Kubernetes client was imported/) as unknown });
   });
 });
