@@ -5,9 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { constants } from 'node:fs';
-import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect as tlsConnect, createServer as tlsServer } from 'node:tls';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +15,7 @@ import { AGENT_NODE_FLAGS } from '../agent/config.js';
 import { newTicket } from '../agent/identity.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { issue, load, type Material } from '../local/pki.js';
+import { stateRoot } from './state-root.js';
 
 const self = fileURLToPath(import.meta.url);
 const devmig = fileURLToPath(new URL('../../bin/devmig.js', import.meta.url));
@@ -32,8 +31,6 @@ async function main(): Promise<void> {
   const size = parseQuantity(values.size, '--size');
   const json = values.output === 'json';
   const say = (t: string) => { if (!json) process.stderr.write(`${t}\n`); };
-  // A device's state lives in device memory, not on disk: the simulated devices go on tmpfs when the
-  // machine has one, so the disk's writeback speed does not stand in for the relay's.
   const dir = await mkdtemp(join(await stateRoot(), 'devmig-bench-'));
   try {
     const pki = join(dir, 'pki');
@@ -90,10 +87,6 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
   }
 }
 
-async function stateRoot(): Promise<string> {
-  const shm = '/dev/shm';
-  return (await access(shm, constants.W_OK).then(() => true, () => false)) ? shm : tmpdir();
-}
 
 async function waitReady(c: AgentClient): Promise<void> {
   for (let i = 0; i < 600; i++) {
