@@ -83,10 +83,22 @@ function admit(ctx: AgentContext, who: Identity, migration: string, headers: Inc
   return s;
 }
 
+/** Journal steps a target reaches only once RESUMING -> STOP succeeded. */
+const COMMITTED: ReadonlySet<string> = new Set(['commit:done', 'state:RUNNING_P2P', 'state:RUNNING']);
+
 export async function commit(ctx: AgentContext, device: string, req: CommitRequest): Promise<Reply> {
   const d = deviceOf(ctx, device);
   claim(ctx, device, req.migration);
   return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    // Committed already, and the answer was lost before it was recorded (the agent died in between):
+    // the journal says so. Refusing now (no verified session any more) would let the controller roll
+    // back a target that may be running. Say it is committed, and run it if that was asked.
+    const j = ctx.journal.get(device);
+    if (j.migration === req.migration && j.role === 'target' && COMMITTED.has(j.step ?? '')) {
+      const state = await d.device.getState();
+      if (!req.resume || state === 'RUNNING') return { status: 200, body: { arcs: [], state, recovered: true } };
+      return { ...arcsReply(await d.device.setState('RUNNING'), { recovered: true }), step: 'state:RUNNING' };
+    }
     const s = ctx.sessions.get(req.migration, device);
     if (!s || s.role !== 'target' || s.phase !== 'Verified') {
       throw new AgentError(409, 'NotVerified', `refusing RESUMING -> STOP on ${device}: the stream of migration ${req.migration} ` +

@@ -111,7 +111,9 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       // gate and at once RUNNING, in one op (every moment between is downtime); a crash replays it
       // (recorded by the agent), and ResumeTarget finds the target's RUNNING arc in the status.
       const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit', ...(c.group ? {} : { resume: true }) }));
-      const committed = o.arcs?.some((a) => a.from === 'RESUMING' && a.to === 'STOP' && a.result === 'Succeeded');
+      // Committed: the op succeeded (an agent that lost its answer in a crash says so from its
+      // journal, with no arcs), or its commit arc did and only the run after it failed.
+      const committed = o.event.kind === 'ok' || o.arcs?.some((a) => a.from === 'RESUMING' && a.to === 'STOP' && a.result === 'Succeeded');
       if (!committed) return o;
       return { ...o, status: { committedAt: new Date(c.now).toISOString(), ...(o.event.kind === 'ok' ? downtime(c, o.arcs) : {}) } };
     }

@@ -86,6 +86,12 @@ describe('agent: a migration through the control API', () => {
     expect(await dst.commit('sim-0', req)).toEqual({ ...c, replayed: true });
     expect(await simDigest(simDir(target), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'state:RUNNING' });
+    // The agent died after the commit, before it recorded the answer: the journal still says
+    // committed, and a replay must say so too, never NotVerified (the controller would roll back a
+    // target that runs).
+    const entry = target.ctx.journal.get('sim-0');
+    delete (entry.ops as Record<string, unknown>)['m1r/commit'];
+    await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
   });
 
   it('a target agent that cannot be reached fails the send before the device stops', async () => {
