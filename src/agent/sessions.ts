@@ -19,7 +19,10 @@ export interface SendSession extends Common {
   readonly targetNode: string;
   readonly targetEndpoint: string;
   allSent: boolean;
+  /** The whole send, its journal step and the data_fd's close included. */
   done?: Promise<void>;
+  /** Settles the moment the session's verdict is known (finish): what a long poll waits for. */
+  readonly ended: Deferred;
 }
 
 export interface ReceiveSession extends Common {
@@ -31,6 +34,14 @@ export interface ReceiveSession extends Common {
 }
 
 export type Session = SendSession | ReceiveSession;
+
+export interface Deferred { readonly promise: Promise<void>; readonly resolve: () => void }
+
+export function deferred(): Deferred {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => { resolve = r; });
+  return { promise, resolve };
+}
 
 export class SessionTable {
   private readonly sessions = new Map<string, Session>();
@@ -64,6 +75,7 @@ export function finish(s: Session, phase: SessionPhase, error?: { code: string; 
   s.phase = phase;
   s.finishedAt = new Date().toISOString();
   if (error) s.error = error;
+  if (s.role === 'source') s.ended.resolve();
 }
 
 export function viewOf(s: Session): SessionView {

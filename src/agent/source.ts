@@ -11,7 +11,7 @@ import type { SendRequest } from './api.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
 import { AgentError } from './errors.js';
 import { limitSessions } from './target.js';
-import { finish, type SendSession } from './sessions.js';
+import { deferred, finish, type SendSession } from './sessions.js';
 import type { sendRequest } from './api.js';
 import type { z } from 'zod';
 
@@ -44,7 +44,7 @@ export async function startSend(ctx: AgentContext, device: string, req: Send): P
     }
     if (r.stream?.kind !== 'save') throw new AgentError(500, 'Internal', `${device} reached ${r.state} without opening a save data_fd`);
     const session: SendSession = {
-      role: 'source', migration: req.migration, device, targetNode: req.target.node, targetEndpoint: req.target.endpoint, allSent: false,
+      role: 'source', migration: req.migration, device, targetNode: req.target.node, targetEndpoint: req.target.endpoint, allSent: false, ended: deferred(),
       phase: 'Streaming', bytes: 0, startedAt: new Date().toISOString(), abort: new AbortController(),
     };
     ctx.sessions.put(session);
