@@ -95,12 +95,14 @@ export async function handOver(stateDir: string, holder: number, devices: Record
 export async function runHolder(stateDir: string): Promise<void> {
   await mkdir(stateDir, { recursive: true });
   const held: Held = { holder: process.pid, devices: {} };
-  await writeFile(join(stateDir, HELD_FILE), JSON.stringify(held));
-  await writeFile(join(stateDir, PID_FILE), String(process.pid));
+  // Ready for SIGUSR2 before the pid file says we are here: the file is visible to an agent as soon
+  // as the write lands, before this process runs on, and SIGUSR2's default action would end it.
   const keepAlive = setInterval(() => undefined, 1 << 30);
   process.on('SIGUSR2', () => {
     take(stateDir, held).catch((e: unknown) => process.stderr.write(`devmig holder: ${(e as Error).message}\n`));
   });
+  await writeFile(join(stateDir, HELD_FILE), JSON.stringify(held));
+  await writeFile(join(stateDir, PID_FILE), String(process.pid));
   await new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGTERM', stop);
