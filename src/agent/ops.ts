@@ -54,8 +54,8 @@ export async function deviceView(ctx: AgentContext, name: string): Promise<Devic
  * sees the verdict the moment it is known instead of at its next look.
  */
 export async function migrationView(ctx: AgentContext, migration: string, waitMs = 0): Promise<{ sessions: SessionView[] }> {
-  const pending = ctx.sessions.forMigration(migration).flatMap((s) => (s.role === 'source' && isActive(s) ? [s.ended.promise] : []));
-  if (waitMs > 0 && pending.length) {
+  const pending = waitMs > 0 ? ctx.sessions.forMigration(migration).flatMap((s) => (s.role === 'source' && isActive(s) ? [s.ended.promise] : [])) : [];
+  if (pending.length) {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.allSettled(pending), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
     clearTimeout(timer);

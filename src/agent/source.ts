@@ -33,12 +33,12 @@ export async function startSend(ctx: AgentContext, device: string, req: Send): P
       link = await connectTarget(req.target.endpoint, ctx.tls, AbortSignal.timeout(CONNECT_TIMEOUT_MS));
     } catch (e) {
       await ctx.journal.step(device, { step: 'send:failed' });
-      const message = `${(e as Error).message}; the device was not stopped (${await d.device.getState()})`;
-      return { status: 424, body: { arcs: [], state: await d.device.getState(), error: { code: 'PeerUnreachable', message } } };
+      const state = await d.device.getState();
+      return { status: 424, body: { arcs: [], state, error: { code: 'PeerUnreachable', message: `${(e as Error).message}; the device was not stopped (${state})` } } };
     }
     const r = await openSave(d.device, req.precopy);
+    if (r.error || r.stream?.kind !== 'save') link.close();
     if (r.error) {
-      link.close();
       await ctx.journal.step(device, { step: 'send:failed' });
       return arcsReply(r);
     }

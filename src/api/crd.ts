@@ -134,7 +134,6 @@ const evacuation: Kind = {
   ],
 };
 
-
 const group: Kind = {
   kind: 'DeviceMigrationGroup',
   plural: 'devicemigrationgroups',

@@ -3,12 +3,12 @@
  * 20 DeviceMigrations of 0-byte simulated devices, one after another, each timed from create to a
  * final phase; the downtime is the one status recorded.
  */
+import * as k8s from '@kubernetes/client-node';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { API_VERSION } from '../api/names.js';
-import * as k8s from '@kubernetes/client-node';
 import { isFinalPhase } from '../api/types.js';
 import { Kube, type DeviceMigration } from '../controller/kube.js';
 import { localDown, localUp } from '../local/env.js';

@@ -87,7 +87,6 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
   }
 }
 
-
 async function waitReady(c: AgentClient): Promise<void> {
   for (let i = 0; i < 600; i++) {
     try {

@@ -113,14 +113,14 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit', ...(c.group ? {} : { resume: true }) }));
       // Committed: the op succeeded (an agent that lost its answer in a crash says so from its
       // journal, with no arcs), or its commit arc did and only the run after it failed.
-      const committed = o.event.kind === 'ok' || o.arcs?.some((a) => a.from === 'RESUMING' && a.to === 'STOP' && a.result === 'Succeeded');
+      const committed = o.event.kind === 'ok' || arcInto(o.arcs, 'STOP')?.from === 'RESUMING';
       if (!committed) return o;
       return { ...o, status: { committedAt: new Date(c.now).toISOString(), ...(o.event.kind === 'ok' ? downtime(c, o.arcs) : {}) } };
     }
     case 'ResumeTarget':
       if (c.group) return resumeTogether(c, c.group);
       // The Commit step already ran the target (its arc is recorded): nothing to ask again.
-      return c.m.status?.arcs?.some((a) => a.device === 'target' && a.to === 'RUNNING' && a.result === 'Succeeded') ? { event: { kind: 'ok' } } : resume(c);
+      return arcInto(c.m.status?.arcs, 'RUNNING', 'target') ? { event: { kind: 'ok' } } : resume(c);
     case 'ReleaseSource':
       return release(c);
     case 'RollBack':
@@ -193,13 +193,18 @@ async function resume(c: StepContext): Promise<Outcome> {
 /** The downtime: from the source's stopping arc to the end of the target's arc to RUNNING. */
 function downtime(c: StepContext, arcs: ArcRecord[] | undefined): { downtimeMs?: number } {
   const stopped = c.m.status?.stopCopyAt;
-  const running = arcs?.find((a) => a.to === 'RUNNING' && a.result === 'Succeeded');
+  const running = arcInto(arcs, 'RUNNING');
   return stopped && running ? { downtimeMs: Date.parse(running.startedAt) + running.durationMs - Date.parse(stopped) } : {};
+}
+
+/** The first arc that reached `state` (of `device`'s arcs, when given). */
+function arcInto(arcs: ArcRecord[] | undefined, state: string, device?: 'source' | 'target'): ArcRecord | undefined {
+  return arcs?.find((a) => a.to === state && a.result === 'Succeeded' && (!device || a.device === device));
 }
 
 /** When the source's arc into `state` began: where the device stopped running. */
 function stoppedAt(arcs: ArcRecord[] | undefined, state: 'STOP' | 'STOP_COPY'): string | undefined {
-  return arcs?.find((a) => a.to === state && a.result === 'Succeeded')?.startedAt;
+  return arcInto(arcs, state)?.startedAt;
 }
 
 /** How long one look at a stop-copy stream waits on the agent for the stream's verdict. */

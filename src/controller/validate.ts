@@ -19,7 +19,6 @@ export function agentReady(dn: DeviceNode, now = Date.now()): boolean {
 const TRANSIENT = new Set(['AgentNotReady', 'DeviceBusy', 'NoFreeDevice']);
 const fail = (reason: string, message: string): Validation => ({ ok: false, reason, message, retry: TRANSIENT.has(reason) });
 
-
 /**
  * Devices that run state some migration moved there: the target of a Succeeded migration that no
  * later migration moved away again. An agent cannot tell a spare RUNNING device from a busy one;
