@@ -222,6 +222,7 @@ describe('agent: bad input changes nothing', () => {
     ['an unknown device', '/v1/devices/sim-9/state', { migration: 'm', op: 'a', state: 'STOP' }, 404, /no device "sim-9".*sim-0, sim-1/],
     ['path traversal', '/v1/devices/..%2F..%2Fetc/state', { migration: 'm', op: 'a', state: 'STOP' }, 400, /lowercase DNS name/],
     ['a bad ticket', '/v1/devices/sim-0/receive', { migration: 'm', op: 'a', ticket: 'short', sourceNode: 'node-a' }, 400, /ticket/],
+    ['a commit whose resume is not a boolean', '/v1/devices/sim-0/commit', { migration: 'm', op: 'a', resume: 'yes' }, 400, /resume/],
   ] as const)('%s', async (_what, path, body, status, why) => {
     const r = await raw(path, JSON.stringify(body));
     expect(r.status).toBe(status);
