@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parseQuantity } from '../api/quantity.js';
-import { DIGEST_ALGORITHMS } from '../relay/digest.js';
+import { DEFAULT_DIGEST, DIGEST_ALGORITHMS } from '../relay/digest.js';
 import { FLAG_NAMES, MigFlag, type MigFlagName } from '../vfio/uapi.js';
 import { objectName } from './api.js';
 
@@ -46,7 +46,7 @@ export const agentConfigSchema = z.strictObject({
       }),
     }),
   ]),
-  digest: z.enum(DIGEST_ALGORITHMS as unknown as ['sha256', 'crc32']).default('sha256'),
+  digest: z.enum(DIGEST_ALGORITHMS).default(DEFAULT_DIGEST),
   /**
    * Keep device fds in a separate holder process, so an agent restart does not reset devices: true
    * starts one if none runs; `external` waits for one started beside the agent (a pod's second

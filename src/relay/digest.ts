@@ -3,16 +3,23 @@
  * computed inline by both ends, sent by the source in HTTP/2 trailers, compared by the target before
  * it lets RESUMING -> STOP happen.
  */
-import { createHash, type Hash } from 'node:crypto';
-import { crc32 } from 'node:zlib';
+import { createHash } from 'node:crypto';
+import { Blake3Hasher } from '@napi-rs/blake-hash';
+import { crc32 } from '@node-rs/crc32';
 
-export type DigestAlgorithm = 'sha256' | 'crc32';
-export const DIGEST_ALGORITHMS: readonly DigestAlgorithm[] = ['sha256', 'crc32'];
+/**
+ * blake3 (the default) is a cryptographic hash like SHA-256 at about five times its speed on one core
+ * (SIMD): with SHA-256 the digest took a quarter of both agents' CPU in bench:relay. crc32 catches
+ * accidents only.
+ */
+export const DIGEST_ALGORITHMS = ['blake3', 'sha256', 'crc32'] as const;
+export type DigestAlgorithm = (typeof DIGEST_ALGORITHMS)[number];
+export const DEFAULT_DIGEST: DigestAlgorithm = 'blake3';
 
 export interface StreamDigest {
   readonly algorithm: DigestAlgorithm;
   update(chunk: Buffer): void;
-  /** "sha256:<hex>" or "crc32:<hex>". */
+  /** "<algorithm>:<hex>", e.g. "blake3:6437b3ac...". */
   value(): string;
 }
 
@@ -21,12 +28,12 @@ export function createStreamDigest(algorithm: DigestAlgorithm): StreamDigest {
     let c = 0;
     return { algorithm, update: (b) => { c = crc32(b, c); }, value: () => `crc32:${(c >>> 0).toString(16).padStart(8, '0')}` };
   }
-  const h: Hash = createHash('sha256');
+  const h: { update(b: Buffer): unknown; digest(format: 'hex'): string } = algorithm === 'blake3' ? new Blake3Hasher() : createHash('sha256');
   let done: string | undefined;
   return {
     algorithm,
     update: (b) => { h.update(b); },
-    value: () => (done ??= `sha256:${h.digest('hex')}`),
+    value: () => (done ??= `${algorithm}:${h.digest('hex')}`),
   };
 }
 

@@ -63,7 +63,7 @@ describe('agent: a migration through the control API', () => {
     expect(send.arcs.map((a) => `${a.from}>${a.to}`)).toEqual(['RUNNING>RUNNING_P2P', 'RUNNING_P2P>STOP', 'STOP>STOP_COPY']);
     const s = await verified('m1');
     expect(s.bytes).toBeGreaterThan(4 * 2 ** 20);
-    expect(s.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(s.digest).toMatch(/^blake3:[0-9a-f]{64}$/); // the default digest
     const c = await dst.commit('sim-0', { migration: 'm1', op: 'commit' });
     expect(c.arcs).toEqual([expect.objectContaining({ from: 'RESUMING', to: 'STOP', result: 'Succeeded' })]);
     expect(c.digest).toBe(s.digest);
