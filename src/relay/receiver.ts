@@ -29,13 +29,10 @@ export async function receiveStream(
   opts: { algorithm: DigestAlgorithm; signal: AbortSignal; trailers: () => IncomingHttpHeaders | undefined; onProgress?: (bytes: number) => void },
 ): Promise<Received> {
   const digest = createStreamDigest(opts.algorithm);
-  let bytes = 0;
+  const got = { bytes: 0 };
   let written = 0;
   try {
-    await consume(stream, opts.signal, (b) => {
-      digest.update(b);
-      bytes += b.length;
-    }, async (b) => {
+    await consume(stream, opts.signal, got, (b) => digest.update(b), async (b) => {
       await resume.write(b);
       written += b.length;
       opts.onProgress?.(written);
@@ -43,9 +40,9 @@ export async function receiveStream(
   } catch (e) {
     if (e instanceof DeviceError) throw new RelayError('DeviceWriteFailed', `writing the target data_fd failed: ${e.message} (${e.errno})`);
     if (opts.signal.aborted) throw new RelayError('Cancelled', `the receive was cancelled: ${String(opts.signal.reason)}`);
-    throw new RelayError('StreamAborted', `the stream from the source broke after ${bytes} bytes: ${(e as Error).message}`);
+    throw new RelayError('StreamAborted', `the stream from the source broke after ${got.bytes} bytes: ${(e as Error).message}`);
   }
-  return check({ bytes, digest: digest.value() }, opts.trailers());
+  return check({ bytes: got.bytes, digest: digest.value() }, opts.trailers());
 }
 
 function check(got: Received, trailers: IncomingHttpHeaders | undefined): Received {
@@ -64,22 +61,30 @@ function check(got: Received, trailers: IncomingHttpHeaders | undefined): Receiv
   return got;
 }
 
-/** Chunks are gathered into writes of this size: the device gets few large writes, not many frames. */
+/** The device gets writes of this size: few large writes, not one per HTTP/2 frame. */
 const BATCH = 1 << 20;
-/** Past this much gathered and unwritten, the stream pauses: its unread data holds the HTTP/2 window. */
-const HIGH_WATER = 4 << 20;
+/** Write buffers: one being written, the others filling while it is. All the memory a stream holds. */
+const BUFFERS = 4;
 
 /**
- * Feeds the stream to `write` in batches, one write at a time, reading on while a write is under way
- * and pausing past HIGH_WATER, so a slow device stops the source through flow control. (Not for-await:
- * leaving it early destroys the stream, and the answer saying why could no longer be sent.)
+ * Feeds the stream to `write` in BATCH-sized writes, one write at a time. Each arriving chunk is
+ * copied at once into a fixed set of buffers, so node:http2's chunk dies young: chunks held until a
+ * write finished outlived a scavenge, and their memory then waited for a full mark-compact, which the
+ * target ran 50 times per GiB. With every buffer full the stream pauses, and a slow device stops the
+ * source through flow control. `got` counts what arrived; `onBatch` sees each batch, in order, before
+ * it is written. (Not
+ * for-await: leaving it early destroys the stream, and the answer saying why could no longer be sent.)
  */
-function consume(stream: ServerHttp2Stream, signal: AbortSignal, onChunk: (b: Buffer) => void,
+function consume(stream: ServerHttp2Stream, signal: AbortSignal, got: { bytes: number }, onBatch: (b: Buffer) => void,
   write: (b: Buffer) => Promise<void>): Promise<void> {
   return new Promise((resolve, reject) => {
-    let batch: Buffer[] = [];
-    let gathered = 0;
-    let writing: Promise<void> | undefined;
+    const free: Buffer[] = Array.from({ length: BUFFERS }, () => Buffer.allocUnsafe(BATCH));
+    const full: Array<{ whole: Buffer; n: number }> = [];
+    let fill: Buffer | undefined = free.pop();
+    let filled = 0;
+    /** What did not fit while every buffer was full; the stream is paused until it does. */
+    let leftover: Buffer | undefined;
+    let writing = false;
     let ended = false;
     let failed = false;
     const stop = (e: unknown) => {
@@ -91,44 +96,65 @@ function consume(stream: ServerHttp2Stream, signal: AbortSignal, onChunk: (b: Bu
       reject(e instanceof Error ? e : new Error(String(e)));
     };
     const onAbort = () => stop(signal.reason);
-    // One gathering buffer, reused: the device write is awaited before the next batch is built.
-    const gather = Buffer.allocUnsafe(HIGH_WATER + BATCH);
-    const flush = () => {
-      const data = batch.length === 1 ? batch[0]! : gathered <= gather.length ? concatInto(gather, batch) : Buffer.concat(batch, gathered);
-      batch = [];
-      gathered = 0;
-      writing = write(data).then(next, stop);
+    const seal = () => {
+      const whole = fill as Buffer;
+      onBatch(whole.subarray(0, filled));
+      full.push({ whole, n: filled });
+      fill = free.pop();
+      filled = 0;
     };
-    const next = () => {
-      writing = undefined;
-      if (failed) return;
-      if (gathered >= BATCH || (ended && gathered > 0)) return flush();
-      if (ended) {
-        signal.removeEventListener('abort', onAbort);
-        return resolve();
+    /** Copies as much of `chunk` as there is room for; returns what is left (empty when all fit). */
+    const take = (chunk: Buffer): Buffer => {
+      let at = 0;
+      while (at < chunk.length && fill) {
+        const k = chunk.copy(fill, filled, at);
+        filled += k;
+        at += k;
+        if (filled === BATCH) seal();
       }
-      stream.resume();
+      return chunk.subarray(at);
+    };
+    const pump = () => {
+      if (failed || writing) return;
+      if (full.length === 0 && ended && !leftover && fill && filled > 0) seal();
+      const next = full.shift();
+      if (!next) {
+        if (ended && !leftover) {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        }
+        return;
+      }
+      writing = true;
+      write(next.whole.subarray(0, next.n)).then(() => {
+        writing = false;
+        // The buffer is free again: it becomes the fill buffer if there is none.
+        if (fill) free.push(next.whole);
+        else fill = next.whole;
+        if (leftover) {
+          const rest = take(leftover);
+          leftover = rest.length > 0 ? rest : undefined;
+          if (!leftover && !ended) stream.resume();
+        }
+        pump();
+      }, stop);
     };
     const onData = (chunk: Buffer) => {
-      onChunk(chunk);
-      batch.push(chunk);
-      gathered += chunk.length;
-      if (gathered >= HIGH_WATER) stream.pause();
-      if (!writing && gathered >= BATCH) flush();
+      got.bytes += chunk.length;
+      const rest = take(chunk);
+      if (rest.length > 0) {
+        leftover = rest;
+        stream.pause();
+      }
+      pump();
     };
     signal.addEventListener('abort', onAbort, { once: true });
     stream.on('data', onData);
     stream.once('end', () => {
       ended = true;
-      if (!writing) next();
+      pump();
     });
     stream.once('aborted', () => stop(new Error('the source reset the stream')));
     stream.once('error', stop);
   });
-}
-
-function concatInto(target: Buffer, parts: Buffer[]): Buffer {
-  let at = 0;
-  for (const p of parts) at += p.copy(target, at);
-  return target.subarray(0, at);
 }
