@@ -18,6 +18,7 @@ import { Journal } from './journal.js';
 import type { DeviceNodePublisher } from './publish.js';
 import { createAgentServer } from './server.js';
 import { SessionTable } from './sessions.js';
+import { hasCommitted } from './target.js';
 
 export interface AgentOptions {
   readonly log: Logger;
@@ -136,14 +137,15 @@ async function clusterCertificate(config: AgentConfig, log: Logger, reuse = true
 
 /**
  * What the journal says was in flight when the last agent process ended. Data sessions died with it;
- * a commit that was under way is settled by the device's state: STOP means RESUMING -> STOP happened.
+ * a commit that was under way is settled by the device's state: STOP or later means RESUMING -> STOP
+ * happened.
  */
 async function reconcile(ctx: AgentContext): Promise<void> {
   for (const e of ctx.journal.all()) {
     if (!e.migration || !ctx.devices.get(e.device)) continue;
     const state = await ctx.devices.get(e.device)!.device.getState();
     let step = e.step;
-    if (e.step === 'commit:intent') step = state === 'STOP' ? 'commit:done' : 'commit:interrupted';
+    if (e.step === 'commit:intent') step = !hasCommitted(e.step, state) ? 'commit:interrupted' : state === 'STOP' ? 'commit:done' : `state:${state}`;
     else if (e.step?.endsWith(':streaming') || e.step?.endsWith(':waiting') || e.step?.endsWith(':open')) step = `${e.step}>interrupted`;
     if (step !== e.step) await ctx.journal.step(e.device, { step });
     ctx.log.info({ device: e.device, migration: e.migration, role: e.role, step, state }, 'reconciled device from the journal');

@@ -85,6 +85,16 @@ function admit(ctx: AgentContext, who: Identity, migration: string, headers: Inc
 
 /** Journal steps a target reaches only once RESUMING -> STOP succeeded. */
 const COMMITTED: ReadonlySet<string> = new Set(['commit:done', 'state:RUNNING_P2P', 'state:RUNNING']);
+/** States a target at commit:intent (it was RESUMING, its stream verified) reaches only through RESUMING -> STOP. */
+const PAST_COMMIT: ReadonlySet<string> = new Set(['STOP', 'RUNNING_P2P', 'RUNNING']);
+
+/**
+ * Whether a target's journal step and its device's state say that RESUMING -> STOP happened. After
+ * commit:intent the device's own state is the record: only that arc leaves RESUMING for STOP.
+ */
+export function hasCommitted(step: string | undefined, state: string): boolean {
+  return COMMITTED.has(step ?? '') || (step === 'commit:intent' && PAST_COMMIT.has(state));
+}
 
 export async function commit(ctx: AgentContext, device: string, req: CommitRequest): Promise<Reply> {
   const d = deviceOf(ctx, device);
@@ -94,8 +104,8 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
     // the journal says so. Refusing now (no verified session any more) would let the controller roll
     // back a target that may be running. Say it is committed, and run it if that was asked.
     const j = ctx.journal.get(device);
-    if (j.migration === req.migration && j.role === 'target' && COMMITTED.has(j.step ?? '')) {
-      const state = await d.device.getState();
+    const state = j.migration === req.migration && j.role === 'target' ? await d.device.getState() : undefined;
+    if (state && hasCommitted(j.step, state)) {
       if (!req.resume || state === 'RUNNING') return { status: 200, body: { arcs: [], state, recovered: true } };
       return { ...arcsReply(await d.device.setState('RUNNING'), { recovered: true }), step: 'state:RUNNING' };
     }
@@ -113,8 +123,8 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
     }
     finish(s, 'Committed');
     if (!req.resume) return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done' };
-    // Committed is on record before the device runs: a restart in between knows the commit happened.
-    await ctx.journal.step(device, { step: 'commit:done' });
+    // Straight on to RUNNING (every moment here is downtime): a restart in between finds commit:intent
+    // and the device in STOP or later, which says the commit happened (hasCommitted).
     const run = await d.device.setState('RUNNING');
     return { ...arcsReply({ ...run, arcs: [...r.arcs, ...run.arcs] }, { bytes: s.bytes, digest: s.digest }), step: 'state:RUNNING' };
   }));

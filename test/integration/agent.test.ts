@@ -1,6 +1,6 @@
 import { connect } from 'node:http2';
 import { once } from 'node:events';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Agent } from '../../src/agent/agent.js';
@@ -86,11 +86,25 @@ describe('agent: a migration through the control API', () => {
     expect(await dst.commit('sim-0', req)).toEqual({ ...c, replayed: true });
     expect(await simDigest(simDir(target), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'state:RUNNING' });
-    // The agent died after the commit, before it recorded the answer: the journal still says
-    // committed, and a replay must say so too, never NotVerified (the controller would roll back a
-    // target that runs).
+    // The agent died after the device ran, before it recorded the answer: the journal still says
+    // commit:intent (nothing is written between the commit and the run, which is downtime), the
+    // device says RUNNING, and a replay must answer committed, never NotVerified (the controller
+    // would roll back a target that runs).
     const entry = target.ctx.journal.get('sim-0');
     delete (entry.ops as Record<string, unknown>)['m1r/commit'];
+    entry.step = 'commit:intent';
+    await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
+    // The same journal read by a restarted agent: the device's RUNNING settles it as committed and run
+    // (before, commit:intent with anything but STOP was taken for an interrupted commit).
+    const config = target.ctx.config;
+    dst.close();
+    await target.stop();
+    const file = join(config.stateDir, 'journal', 'sim-0.json');
+    const onDisk = JSON.parse(await readFile(file, 'utf8')) as { step: string; ops: Record<string, unknown> };
+    await writeFile(file, JSON.stringify({ ...onDisk, step: 'commit:intent', ops: {} }));
+    target = await startAgent(config);
+    dst = controllerClient(target, pki);
+    expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', role: 'target', step: 'state:RUNNING', state: 'RUNNING' });
     await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
   });
 
