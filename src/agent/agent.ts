@@ -138,14 +138,18 @@ async function clusterCertificate(config: AgentConfig, log: Logger, reuse = true
 /**
  * What the journal says was in flight when the last agent process ended. Data sessions died with it;
  * a commit that was under way is settled by the device's state: STOP or later means RESUMING -> STOP
- * happened.
+ * happened, unless the device was reset as this process opened it.
  */
 async function reconcile(ctx: AgentContext): Promise<void> {
   for (const e of ctx.journal.all()) {
-    if (!e.migration || !ctx.devices.get(e.device)) continue;
-    const state = await ctx.devices.get(e.device)!.device.getState();
+    const d = ctx.devices.get(e.device);
+    if (!e.migration || !d) continue;
+    const state = await d.device.getState();
     let step = e.step;
-    if (e.step === 'commit:intent') step = !hasCommitted(e.step, state) ? 'commit:interrupted' : state === 'STOP' ? 'commit:done' : `state:${state}`;
+    // A device reset since the journal was written holds nothing of the migration: no step of it
+    // stands, a commit least of all (hasCommitted knows no "...>reset" step).
+    if (d.resetAtOpen) step = e.step?.endsWith('>reset') ? e.step : `${e.step ?? 'unknown'}>reset`;
+    else if (e.step === 'commit:intent') step = !hasCommitted(e.step, state) ? 'commit:interrupted' : state === 'STOP' ? 'commit:done' : `state:${state}`;
     else if (e.step?.endsWith(':streaming') || e.step?.endsWith(':waiting') || e.step?.endsWith(':open')) step = `${e.step}>interrupted`;
     if (step !== e.step) await ctx.journal.step(e.device, { step });
     ctx.log.info({ device: e.device, migration: e.migration, role: e.role, step, state }, 'reconciled device from the journal');

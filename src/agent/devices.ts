@@ -18,6 +18,11 @@ export interface ManagedDevice {
   readonly kind: 'simulated' | 'kernel';
   readonly device: MigrationDevice;
   readonly flags: number;
+  /**
+   * The device was reset as this process opened it (the kernel resets on last close: nothing kept
+   * it open across the restart): whatever the journal says it held is gone.
+   */
+  readonly resetAtOpen: boolean;
   /** Runs `fn` when every earlier operation on this device has finished. */
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
 }
@@ -33,7 +38,7 @@ export class DeviceRegistry {
     return [...this.devices.values()];
   }
 
-  add(kind: ManagedDevice['kind'], device: MigrationDevice, flags: number): void {
+  add(kind: ManagedDevice['kind'], device: MigrationDevice, flags: number, resetAtOpen = false): void {
     if (this.devices.has(device.name)) throw new Error(`two devices are named "${device.name}"; names must be unique on a node`);
     let tail: Promise<unknown> = Promise.resolve();
     this.devices.set(device.name, {
@@ -41,6 +46,7 @@ export class DeviceRegistry {
       kind,
       device,
       flags,
+      resetAtOpen,
       exclusive: <T>(fn: () => Promise<T>): Promise<T> => {
         const run = tail.then(fn, fn);
         tail = run.catch(() => undefined);
@@ -64,7 +70,7 @@ export async function openDevices(config: AgentConfig, holder: number | undefine
       dir: sim!.dir, name: d.name, stateSize: d.stateSize, flags: d.flags, dirtyRate: d.dirtyRate,
       ...(d.pageSize ? { pageSize: d.pageSize } : {}), ...(holder ? { holder } : {}),
     });
-    reg.add('simulated', dev, d.flags);
+    reg.add('simulated', dev, d.flags, dev.resetAtOpen);
   }
   return reg;
 }
@@ -98,7 +104,8 @@ async function openKernelDevices(reg: DeviceRegistry, cfg: NonNullable<AgentConf
       if (e instanceof DeviceError && e.errno === 'ENOTTY') return 0;
       throw e;
     });
-    reg.add('kernel', new NamedDevice(found.name, dev), flags);
+    // Not adopted from a holder: opened anew, after a last close (and its reset) if it was open before.
+    reg.add('kernel', new NamedDevice(found.name, dev), flags, !(holder && held[found.name]));
     log.info({ device: found.name, bdf: found.bdf, driver: found.driver, flags: flagNames(flags), adopted: Boolean(held[found.name]) }, 'kernel vfio device');
   }
 }

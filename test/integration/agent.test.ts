@@ -106,6 +106,18 @@ describe('agent: a migration through the control API', () => {
     dst = controllerClient(target, pki);
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', role: 'target', step: 'state:RUNNING', state: 'RUNNING' });
     await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
+    // Now the agent and whatever kept the device open died between commit:intent and the commit arc:
+    // the device (still RESUMING) was reset on its last close and comes back RUNNING, empty. That
+    // RUNNING is no commit: the replay must refuse, so the controller rolls back to the source.
+    dst.close();
+    await target.stop();
+    await writeFile(file, JSON.stringify({ ...onDisk, step: 'commit:intent', ops: {} }));
+    const meta = join(simDir(target), 'sim-0', 'device.json');
+    await writeFile(meta, JSON.stringify({ ...(JSON.parse(await readFile(meta, 'utf8')) as object), state: 'RESUMING' }));
+    target = await startAgent(config);
+    dst = controllerClient(target, pki);
+    expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'commit:intent>reset', state: 'RUNNING' });
+    await expect(dst.commit('sim-0', req)).rejects.toMatchObject({ code: 'NotVerified' });
   });
 
   it('a target agent that cannot be reached fails the send before the device stops', async () => {

@@ -61,6 +61,8 @@ export class SimDevice implements MigrationDevice, ArcStepper {
   private dirtyTimer: NodeJS.Timeout | undefined;
   private readonly used = new Map<string, number>();
   private closed = false;
+  /** Reset when this process opened it (its last holder had closed it): what it held before is gone. */
+  resetAtOpen = false;
 
   private constructor(
     readonly name: string,
@@ -85,6 +87,7 @@ export class SimDevice implements MigrationDevice, ArcStepper {
       // the state is intact, but any data_fd died with the process that had it.
       if (meta.state !== 'RUNNING' && !hold.keptByHolder) {
         await dev.resetState(`found ${meta.state} at open: the last holder closed it`);
+        dev.resetAtOpen = true;
       }
       await dev.persist();
       dev.startWorkload();
