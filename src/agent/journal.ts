@@ -66,6 +66,11 @@ export class Journal {
     await this.update(device, (e) => ({ ...e, ...change }));
   }
 
+  /** Resolves when every write of `device` started so far has finished (or failed). */
+  async settled(device: string): Promise<void> {
+    await this.writes.get(device);
+  }
+
   /** Records an op's answer, and with it (one fsync for both) the step the op ended on. */
   async recordOp(device: string, migration: string, rec: OpRecord, step?: string): Promise<void> {
     await this.update(device, (e) => ({ ...e, ...(step ? { step } : {}), ops: { ...e.ops, [`${migration}/${rec.op}`]: rec } }));

@@ -23,6 +23,8 @@ export async function reset(ctx: AgentContext, device: string, req: ResetRequest
   claim(ctx, device, req.migration);
   return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
     await abortSessionsOf(ctx, device, 'the device is being reset');
+    // On record before the reset, like every move of a target but its commit (see hasCommitted).
+    await ctx.journal.step(device, { step: 'reset:intent' });
     await d.device.reset();
     await ctx.journal.step(device, { step: 'reset' });
     return { status: 200, body: { state: await d.device.getState() } };
@@ -113,6 +115,8 @@ async function cancelTarget(ctx: AgentContext, device: string, migration: string
   if (s?.phase === 'Committed') {
     throw new AgentError(409, 'AlreadyCommitted', `device ${device} already committed migration ${migration}; it is the runner now`);
   }
+  // On record before the reset: a verified target found RUNNING would otherwise read as committed.
+  await ctx.journal.step(device, { step: 'cancel:reset' });
   await d.device.reset();
   await ctx.journal.step(device, { step: 'cancelled' });
   return { device, role: 'target', state: await d.device.getState() };

@@ -85,15 +85,21 @@ function admit(ctx: AgentContext, who: Identity, migration: string, headers: Inc
 
 /** Journal steps a target reaches only once RESUMING -> STOP succeeded. */
 const COMMITTED: ReadonlySet<string> = new Set(['commit:done', 'state:RUNNING_P2P', 'state:RUNNING']);
-/** States a target at commit:intent (it was RESUMING, its stream verified) reaches only through RESUMING -> STOP. */
+/**
+ * Steps after which the device is RESUMING with its stream verified, and nothing but the commit
+ * moves it without journaling first (a cancel or reset journals before it resets the device).
+ */
+const ARMED: ReadonlySet<string> = new Set(['receive:verified', 'commit:intent']);
+/** States an armed target reaches only through RESUMING -> STOP. */
 const PAST_COMMIT: ReadonlySet<string> = new Set(['STOP', 'RUNNING_P2P', 'RUNNING']);
 
 /**
- * Whether a target's journal step and its device's state say that RESUMING -> STOP happened. After
- * commit:intent the device's own state is the record: only that arc leaves RESUMING for STOP.
+ * Whether a target's journal step and its device's state say that RESUMING -> STOP happened. Once the
+ * stream is verified the device's own state is the record: only that arc leaves RESUMING for STOP.
+ * (A device reset as the agent opened it has its steps marked '>reset': none of them counts.)
  */
 export function hasCommitted(step: string | undefined, state: string): boolean {
-  return COMMITTED.has(step ?? '') || (step === 'commit:intent' && PAST_COMMIT.has(state));
+  return COMMITTED.has(step ?? '') || (ARMED.has(step ?? '') && PAST_COMMIT.has(state));
 }
 
 export async function commit(ctx: AgentContext, device: string, req: CommitRequest): Promise<Reply> {
@@ -114,7 +120,10 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
       throw new AgentError(409, 'NotVerified', `refusing RESUMING -> STOP on ${device}: the stream of migration ${req.migration} ` +
         `has not been verified (session ${s ? s.phase : 'missing'})`);
     }
-    await ctx.journal.step(device, { step: 'commit:intent' });
+    // The intent on record before the arc: receive:verified, journaled as the stream ended (while the
+    // controller recorded its own intent), says it; only if that write failed is one written now.
+    await ctx.journal.settled(device);
+    if (ctx.journal.get(device).step !== 'receive:verified') await ctx.journal.step(device, { step: 'commit:intent' });
     const r = await d.device.setState('STOP');
     if (r.error) {
       finish(s, 'Failed', { code: 'ArcFailed', message: r.error.message });

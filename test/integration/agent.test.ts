@@ -80,43 +80,51 @@ describe('agent: a migration through the control API', () => {
     await migrate('m1r');
     await src.migration('m1r', 2000);
     const req = { migration: 'm1r', op: 'commit', resume: true };
+    // The commit's intent is the journal's receive:verified, written as the stream ended: the op
+    // itself writes nothing before its arcs (every write there is downtime), only its answer after.
+    const steps: string[] = [];
+    const step = target.ctx.journal.step.bind(target.ctx.journal);
+    target.ctx.journal.step = async (device, change) => { steps.push(change.step ?? ''); return step(device, change); };
+    await target.ctx.journal.settled('sim-0');
+    expect(target.ctx.journal.get('sim-0').step).toBe('receive:verified');
     const c = await dst.commit('sim-0', req);
+    expect(steps).toEqual([]);
     expect(c.arcs.map((a) => `${a.from}>${a.to}:${a.result}`)).toEqual(['RESUMING>STOP:Succeeded', 'STOP>RUNNING_P2P:Succeeded', 'RUNNING_P2P>RUNNING:Succeeded']);
     expect(c.state).toBe('RUNNING');
     expect(await dst.commit('sim-0', req)).toEqual({ ...c, replayed: true });
     expect(await simDigest(simDir(target), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'state:RUNNING' });
     // The agent died after the device ran, before it recorded the answer: the journal still says
-    // commit:intent (nothing is written between the commit and the run, which is downtime), the
+    // receive:verified (nothing is written between the commit and the run, which is downtime), the
     // device says RUNNING, and a replay must answer committed, never NotVerified (the controller
     // would roll back a target that runs).
     const entry = target.ctx.journal.get('sim-0');
     delete (entry.ops as Record<string, unknown>)['m1r/commit'];
-    entry.step = 'commit:intent';
+    entry.step = 'receive:verified';
     await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
     // The same journal read by a restarted agent: the device's RUNNING settles it as committed and run
-    // (before, commit:intent with anything but STOP was taken for an interrupted commit).
+    // (before, a verified or commit:intent target in anything but STOP was taken for uncommitted).
     const config = target.ctx.config;
     dst.close();
     await target.stop();
     const file = join(config.stateDir, 'journal', 'sim-0.json');
     const onDisk = JSON.parse(await readFile(file, 'utf8')) as { step: string; ops: Record<string, unknown> };
-    await writeFile(file, JSON.stringify({ ...onDisk, step: 'commit:intent', ops: {} }));
+    await writeFile(file, JSON.stringify({ ...onDisk, step: 'receive:verified', ops: {} }));
     target = await startAgent(config);
     dst = controllerClient(target, pki);
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', role: 'target', step: 'state:RUNNING', state: 'RUNNING' });
     await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
-    // Now the agent and whatever kept the device open died between commit:intent and the commit arc:
+    // Now the agent and whatever kept the device open died between the verdict and the commit arc:
     // the device (still RESUMING) was reset on its last close and comes back RUNNING, empty. That
     // RUNNING is no commit: the replay must refuse, so the controller rolls back to the source.
     dst.close();
     await target.stop();
-    await writeFile(file, JSON.stringify({ ...onDisk, step: 'commit:intent', ops: {} }));
+    await writeFile(file, JSON.stringify({ ...onDisk, step: 'receive:verified', ops: {} }));
     const meta = join(simDir(target), 'sim-0', 'device.json');
     await writeFile(meta, JSON.stringify({ ...(JSON.parse(await readFile(meta, 'utf8')) as object), state: 'RESUMING' }));
     target = await startAgent(config);
     dst = controllerClient(target, pki);
-    expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'commit:intent>reset', state: 'RUNNING' });
+    expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'receive:verified>reset', state: 'RUNNING' });
     await expect(dst.commit('sim-0', req)).rejects.toMatchObject({ code: 'NotVerified' });
   });
 
@@ -186,6 +194,24 @@ describe('agent: a migration through the control API', () => {
     expect(t.phase).toBe('Failed');
     const tc = await dst.cancel('m5', { op: 'cancel' });
     expect(tc.devices).toEqual([expect.objectContaining({ device: 'sim-1', role: 'target', state: 'RUNNING' })]);
+  });
+
+  it('cancelling a verified target journals before it resets the device, and a reset op does too', async () => {
+    await migrate('m5v');
+    await verified('m5v');
+    await target.ctx.journal.settled('sim-0');
+    // A verified target found RUNNING reads as committed (hasCommitted): a crash between the reset and
+    // its record must not leave exactly that, so the record comes first, while the device is RESUMING.
+    const seen: Array<[string, string]> = [];
+    const step = target.ctx.journal.step.bind(target.ctx.journal);
+    const dev = target.ctx.devices.get('sim-0')!.device;
+    target.ctx.journal.step = async (device, change) => { seen.push([change.step ?? '', await dev.getState()]); return step(device, change); };
+    const tc = await dst.cancel('m5v', { op: 'cancel' });
+    expect(tc.devices).toEqual([expect.objectContaining({ device: 'sim-0', role: 'target', state: 'RUNNING' })]);
+    expect(seen).toEqual([['cancel:reset', 'RESUMING'], ['cancelled', 'RUNNING']]);
+    seen.length = 0;
+    await dst.reset('sim-0', { migration: 'm5v', op: 'reset' });
+    expect(seen.map(([x]) => x)).toEqual(['reset:intent', 'reset']);
   });
 
   it('takes a commit back (a group rolling back) only while the target never ran; then the source may run', async () => {

@@ -7,12 +7,19 @@ it.each([
   ['commit:intent', 'RUNNING', true],
   ['commit:intent', 'RESUMING', false],
   ['commit:intent', 'ERROR', false],
+  // So is a target whose stream was verified: a cancel or reset journals before it moves the device.
+  ['receive:verified', 'STOP', true],
+  ['receive:verified', 'RUNNING', true],
+  ['receive:verified', 'RESUMING', false],
+  ['receive:verified>reset', 'RUNNING', false],
+  ['cancel:reset', 'RUNNING', false],
+  ['reset:intent', 'RUNNING', false],
   // Steps recorded only after the commit say so whatever the state.
   ['commit:done', 'STOP', true],
   ['state:RUNNING', 'RUNNING', true],
   // A target caught between the arcs of its preparation is in STOP too: not a commit.
   ['receive:prepare', 'STOP', false],
-  ['receive:verified', 'STOP', false],
+  ['receive:streaming', 'STOP', false],
   ['commit:failed', 'ERROR', false],
   [undefined, 'RUNNING', false],
 ])('journal step %s with the device in %s: committed is %s', (step, state, want) => {

@@ -130,6 +130,12 @@ describe('simulated migration driver', () => {
     const after = await simDigest(dir, 'a');
     expect(after.state).toBe('RUNNING');
     expect(after.sha256).not.toBe(d0.sha256);
+    // Whoever opens it next learns that it was reset (a journal's steps for it no longer stand), once.
+    expect(again.resetAtOpen).toBe(false);
+    const third = await device('a');
+    expect(third.resetAtOpen).toBe(true);
+    await third.close();
+    expect((await device('a')).resetAtOpen).toBe(false);
   });
 
   it('refuses a second holder with EBUSY', async () => {

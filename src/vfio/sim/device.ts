@@ -41,6 +41,8 @@ interface Persisted {
   pageSize: number;
   generation: number;
   resets: number;
+  /** Reset by its last close (no holder kept it): the next open reports it as reset (resetAtOpen). */
+  closedByReset?: boolean;
 }
 
 const RUNNING_STATES: ReadonlySet<MigStateName> = new Set(['RUNNING', 'RUNNING_P2P', 'PRE_COPY', 'PRE_COPY_P2P']);
@@ -89,6 +91,8 @@ export class SimDevice implements MigrationDevice, ArcStepper {
         await dev.resetState(`found ${meta.state} at open: the last holder closed it`);
         dev.resetAtOpen = true;
       }
+      if (meta.closedByReset) dev.resetAtOpen = true;
+      delete meta.closedByReset;
       await dev.persist();
       dev.startWorkload();
       return dev;
@@ -170,6 +174,7 @@ export class SimDevice implements MigrationDevice, ArcStepper {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.meta.state !== 'RUNNING' && !this.opts.holder) {
+      this.meta.closedByReset = true;
       await this.resetState('closed while not RUNNING (the kernel resets on last close)');
     }
     this.closed = true;
