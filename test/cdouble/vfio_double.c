@@ -337,6 +337,7 @@ struct save {
   uint64_t queued, written, initial_len;
   size_t dirty_pending;      /* bytes rewritten since the last record of them */
   int final, disabled, writer_done;
+  int writing;               /* the writer is between its write() and counting it in `written` */
 };
 struct resume {
   int rd, cancel;
@@ -481,9 +482,18 @@ static void *writer_main(void *arg) {
     struct chunk *c = s->head; /* chunks never move: the main thread only appends */
     pthread_mutex_unlock(&mu);
     int ready = wait_ready(s->wr, POLLOUT, s->cancel) == 0;
+    /* Bytes leave the chunk and enter the pipe in one write(), counted just after: in between, a
+       reader may already have taken them from the pipe, and PRECOPY_INFO would count them twice
+       (still queued, no longer in the pipe). It waits for `writing` to drop; the pipe is
+       non-blocking, so that is never long. */
+    pthread_mutex_lock(&mu);
+    s->writing = 1;
+    pthread_mutex_unlock(&mu);
     ssize_t w = ready ? write(s->wr, c->data + c->off, c->len - c->off) : -1;
     int e = errno;
     pthread_mutex_lock(&mu);
+    s->writing = 0;
+    pthread_cond_broadcast(&s->cv);
     if (!ready || (w < 0 && e != EAGAIN && e != EINTR)) break; /* cancelled, or the reader is gone */
     if (w < 0) continue;
     c->off += w;
@@ -847,6 +857,7 @@ static int device_ioctl(struct device *d, unsigned long req, void *arg) {
 
 static int precopy_info(struct save *s, struct precopy_info *info) {
   if (info->argsz < sizeof *info) return -EINVAL;
+  while (s->writing) pthread_cond_wait(&s->cv, &mu);
   if (!s->dev || s->disabled) return -ENODEV;
   if (s->dev->state != S_PRE_COPY && s->dev->state != S_PRE_COPY_P2P) return -EINVAL;
   uint64_t unread = unread_bytes(s), consumed = s->queued - unread;
