@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { API_VERSION } from '../api/names.js';
 import { Kube, type DeviceMigration } from '../controller/kube.js';
 import { localDown, localUp } from '../local/env.js';
-import { stateRoot } from './state-root.js';
+import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 
 async function migrate(kube: Kube, name: string, strategy: string, device: string): Promise<DeviceMigration> {
   await kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', body: {
@@ -28,7 +28,7 @@ async function migrate(kube: Kube, name: string, strategy: string, device: strin
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { output: { type: 'string', short: 'o' }, size: { type: 'string', default: '512Mi' }, 'dirty-rate': { type: 'string', default: '20Mi' } } });
   const say = (t: string) => { if (values.output !== 'json') process.stderr.write(`${t}\n`); };
-  const dir = await mkdtemp(join(await stateRoot(), 'devmig-bench-downtime-'));
+  const dir = await mkdtemp(join(await deviceMemoryRoot(), 'devmig-bench-downtime-'));
   try {
     const env = await localUp({ dir, nodes: 2, devices: 2, stateSize: values.size, dirtyRate: values['dirty-rate'], loopbackPrefix: '127.0.5' }, say);
     const kube = Kube.fromFile(env.kubeconfig);

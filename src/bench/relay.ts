@@ -16,7 +16,7 @@ import { newTicket } from '../agent/identity.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { issue, load, type Material } from '../local/pki.js';
 import { DEFAULT_DIGEST } from '../relay/digest.js';
-import { stateRoot } from './state-root.js';
+import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 
 const self = fileURLToPath(import.meta.url);
 const devmig = fileURLToPath(new URL('../../bin/devmig.js', import.meta.url));
@@ -32,7 +32,7 @@ async function main(): Promise<void> {
   const size = parseQuantity(values.size, '--size');
   const json = values.output === 'json';
   const say = (t: string) => { if (!json) process.stderr.write(`${t}\n`); };
-  const dir = await mkdtemp(join(await stateRoot(), 'devmig-bench-'));
+  const dir = await mkdtemp(join(await deviceMemoryRoot(), 'devmig-bench-'));
   try {
     const pki = join(dir, 'pki');
     const ctl = await load(await issue(pki, 'controller', 'controller'));

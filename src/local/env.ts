@@ -1,9 +1,12 @@
 /**
  * `devmig local up|down`: a whole devmig on this machine. A real kube-apiserver (with etcd), Node
  * objects node-1..N, one agent process per node on its own loopback address with simulated devices,
- * and the controller, all under one directory (default .devmig/), recorded in local.json.
+ * and the controller, all under one directory (default .devmig/), recorded in local.json. The
+ * simulated devices' state is device memory: it lives on tmpfs where there is one (deviceMemoryRoot),
+ * and goes with `local down`, as a device's memory goes when its machine is off.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -16,6 +19,7 @@ import { GROUP } from '../api/names.js';
 import { AGENT_NODE_FLAGS } from '../agent/config.js';
 import { Kube } from '../controller/kube.js';
 import { alive } from '../vfio/sim/lock.js';
+import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 import { startApiserver } from './apiserver.js';
 import { applyObjects, readInstallIdentity, serviceAccountToken, tokenKubeconfig, type InstallIdentity } from './identity.js';
 
@@ -42,6 +46,8 @@ export interface LocalState {
   readonly apiserver: { pid: number; server: string };
   readonly agents: Array<{ node: string; pid: number; endpoint: string; simDir: string; stateDir: string }>;
   readonly controller: { pid: number; metrics: string; config: string };
+  /** The simulated devices' memory, one directory per node (removed by `local down`). */
+  readonly deviceMemory?: string;
 }
 
 const statePath = (dir: string) => join(dir, 'local.json');
@@ -81,10 +87,11 @@ export async function localUp(o: LocalOptions, say: (t: string) => void): Promis
   say(`applied the install's ServiceAccounts, RBAC and admission policy (namespace ${id.namespace})`);
   const controller = await startController(dir, kube, id, o.evacuationMaxParallelTotal);
   say(`started the controller (metrics ${controller.metrics}); it runs the PKI and signs the agents' certificates`);
+  const deviceMemory = join(await deviceMemoryRoot(), `devmig-local-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
   const agents = [];
-  for (const [i, node] of nodes.entries()) agents.push(await startAgent(dir, kube, id, node, hosts[i]!, o));
-  say(`started ${agents.length} agents with ${o.devices} simulated devices of ${o.stateSize} each`);
-  const state: LocalState = { dir, kubeconfig, apiserver: { pid: api.pid, server: api.server }, agents, controller };
+  for (const [i, node] of nodes.entries()) agents.push(await startAgent(dir, kube, id, node, hosts[i]!, { ...o, simDir: join(deviceMemory, node) }));
+  say(`started ${agents.length} agents with ${o.devices} simulated devices of ${o.stateSize} each (device memory in ${deviceMemory})`);
+  const state: LocalState = { dir, kubeconfig, apiserver: { pid: api.pid, server: api.server }, agents, controller, deviceMemory };
   await writeFile(statePath(dir), JSON.stringify(state, null, 2));
   await waitAgentsReady(kube, nodes);
   say(`ready: export KUBECONFIG=${kubeconfig}`);
@@ -105,6 +112,10 @@ export async function localDown(dir: string, say: (t: string) => void): Promise<
   pids.push(['kube-apiserver', s.apiserver.pid]);
   for (const [what, pid] of pids) {
     if (await stopPid(pid)) say(`stopped ${what} (pid ${pid})`);
+  }
+  if (s.deviceMemory) {
+    await rm(s.deviceMemory, { recursive: true, force: true });
+    say(`freed the simulated devices' memory (${s.deviceMemory})`);
   }
   await rm(statePath(s.dir), { force: true });
 }
@@ -166,7 +177,7 @@ function launch(args: string[], log: number, nodeFlags: readonly string[] = []):
   return child.pid;
 }
 
-async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: string, host: string, o: LocalOptions) {
+async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: string, host: string, o: LocalOptions & { simDir: string }) {
   const home = join(dir, node);
   await mkdir(home, { recursive: true });
   const token = await serviceAccountToken(kube, id.namespace, id.agentServiceAccount, node);
@@ -176,11 +187,11 @@ async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: st
     ...(o.advertise?.[node] ? { advertise: o.advertise[node] } : {}),
     tls: { kubernetes: { namespace: id.namespace } },
     kube: { kubeconfig, heartbeatSeconds: 2 },
-    devices: { simulated: { dir: join(home, 'sim'), devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
+    devices: { simulated: { dir: o.simDir, devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
   };
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
   const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`), AGENT_NODE_FLAGS);
-  return { node, pid, endpoint: o.advertise?.[node] ?? `https://${host}:9443`, simDir: join(home, 'sim'), stateDir: join(home, 'state') };
+  return { node, pid, endpoint: o.advertise?.[node] ?? `https://${host}:9443`, simDir: o.simDir, stateDir: join(home, 'state') };
 }
 
 async function startController(dir: string, kube: Kube, id: InstallIdentity, evacuationMaxParallelTotal?: number) {

@@ -3,7 +3,7 @@
  * devices (src/local/env.ts), up before the file's tests and down after them (DEVMIG_KEEP=1 keeps
  * its directory for a look afterwards).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { access, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Kube } from '../../src/controller/kube.js';
@@ -26,7 +26,10 @@ export function localCluster(name: string, o: Omit<LocalOptions, 'dir'>): LocalC
     kube = Kube.fromFile(env.kubeconfig);
   }, 20 * 60_000);
   afterAll(async () => {
+    const memory = env?.deviceMemory;
     await localDown(dir, () => undefined);
+    // The simulated devices' memory (tmpfs) goes with the environment, as a machine's does when off.
+    if (memory) await expect(access(memory)).rejects.toMatchObject({ code: 'ENOENT' });
     if (!process.env.DEVMIG_KEEP) await rm(dir, { recursive: true, force: true });
   }, 60_000);
   return {

@@ -4,7 +4,8 @@
  */
 import { spawn } from 'node:child_process';
 import * as k8s from '@kubernetes/client-node';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
@@ -44,6 +45,13 @@ async function finished(name: string, timeoutMs = 60_000): Promise<DeviceMigrati
     return m?.status?.phase && ['Succeeded', 'Failed', 'RolledBack', 'Cancelled'].includes(m.status.phase) ? m : undefined;
   }, timeoutMs, 100);
 }
+
+it('keeps the simulated devices\' state in device memory (tmpfs where there is one), apart from the environment\'s directory', async () => {
+  const shm = await access('/dev/shm', constants.W_OK).then(() => true, () => false);
+  expect(env.deviceMemory).toMatch(shm ? /^\/dev\/shm\/devmig-local-[0-9a-f]{12}$/ : /devmig-local-[0-9a-f]{12}$/);
+  for (const a of env.agents) expect(a.simDir).toBe(join(env.deviceMemory!, a.node));
+  await expect(access(join(simDir('node-1'), 'sim-0', 'state.bin'))).resolves.toBeUndefined();
+});
 
 describe('the API server refuses bad DeviceMigrations, naming the field', () => {
   it.each([
