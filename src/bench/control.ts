@@ -39,7 +39,7 @@ async function main(): Promise<void> {
       if (m.status?.phase !== 'Succeeded') throw new Error(`${name} ended ${m.status?.phase}: ${m.status?.failure?.message}`);
       times.push(performance.now() - started);
       downtimes.push(m.status.downtimeMs ?? NaN);
-      say(`${name}: ${times.at(-1)!.toFixed(0)} ms, downtime ${downtimes.at(-1)} ms`);
+      say(`${name}: ${times.at(-1)!.toFixed(0)} ms, downtime ${downtimes.at(-1)} ms: ${inDowntime(m)}`);
     }
     const out = { runs, median_ms: round(pct(times, 50)), p90_ms: round(pct(times, 90)), downtime_median_ms: round(pct(downtimes, 50)) };
     process.stdout.write(`${JSON.stringify(out)}\n`);
@@ -59,6 +59,15 @@ async function follow(kube: Kube, name: string): Promise<{ ended: Promise<Device
     (_type: string, m: DeviceMigration) => { if (isFinalPhase(m.status?.phase)) settle(m); },
     (e: unknown) => { if (e) fail(e as Error); });
   return { ended, stop: () => { clearTimeout(timer); req.abort(); } };
+}
+
+/** Where the downtime went: each arc since the source began to stop, as +start..end ms. */
+function inDowntime(m: DeviceMigration): string {
+  const t0 = Date.parse(m.status?.stopCopyAt ?? '');
+  return (m.status?.arcs ?? []).filter((a) => Date.parse(a.startedAt) >= t0).map((a) => {
+    const at = Date.parse(a.startedAt) - t0;
+    return `${a.device} ${a.from}>${a.to} +${at}..${at + a.durationMs}`;
+  }).join(', ');
 }
 
 function pct(xs: number[], p: number): number {
