@@ -132,8 +132,9 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
     }
     finish(s, 'Committed');
     if (!req.resume) return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done' };
-    // Straight on to RUNNING (every moment here is downtime): a restart in between finds commit:intent
-    // and the device in STOP or later, which says the commit happened (hasCommitted).
+    // Straight on to RUNNING (every moment here is downtime): a restart in between finds
+    // receive:verified (or commit:intent) and the device in STOP or later, which says the commit
+    // happened (hasCommitted).
     const run = await d.device.setState('RUNNING');
     return { ...arcsReply({ ...run, arcs: [...r.arcs, ...run.arcs] }, { bytes: s.bytes, digest: s.digest }), step: 'state:RUNNING' };
   }));

@@ -122,6 +122,7 @@ async function peakRss(pid: number): Promise<number> {
 /** The baseline: one process writes `bytes` into a TLS socket, the other reads and drops them. */
 async function baselineRun(dir: string, bytes: number): Promise<{ MBps: number; cpu: number[] }> {
   const sink = spawn(process.execPath, [self, '--role', 'tls-sink', '--dir', join(dir, 'pki')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const sinkExit = once(sink, 'exit');
   const [line] = (await once(sink.stdout, 'data')) as [Buffer];
   const port = Number(line.toString().trim());
   const source = spawn(process.execPath, [self, '--role', 'tls-source', '--dir', join(dir, 'pki'), '--port', String(port), '--bytes', String(bytes)],
@@ -130,7 +131,11 @@ async function baselineRun(dir: string, bytes: number): Promise<{ MBps: number; 
   source.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   let sunk = '';
   sink.stdout.on('data', (d: Buffer) => { sunk += d.toString(); });
-  await Promise.all([once(source, 'exit'), once(sink, 'exit')]);
+  await once(source, 'exit');
+  // The sink reports its CPU time and exits when the stream ends; a sink that never saw the end goes.
+  const stuck = setTimeout(() => sink.kill(), 10_000);
+  await sinkExit;
+  clearTimeout(stuck);
   const [MBps, sourceCpu] = out.trim().split(' ').map(Number) as [number, number];
   return { MBps, cpu: [sourceCpu, Number(sunk.trim())] };
 }
