@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parseQuantity } from '../api/quantity.js';
-import { DEFAULT_DIGEST, DIGEST_ALGORITHMS } from '../relay/digest.js';
+import { DEFAULT_DIGEST, DIGEST_ALGORITHMS, unavailable } from '../relay/digest.js';
 import { FLAG_NAMES, MigFlag, type MigFlagName } from '../vfio/uapi.js';
 import { objectName } from './api.js';
 
@@ -46,7 +46,8 @@ export const agentConfigSchema = z.strictObject({
       }),
     }),
   ]),
-  digest: z.enum(DIGEST_ALGORITHMS).default(DEFAULT_DIGEST),
+  digest: z.enum(DIGEST_ALGORITHMS).default(DEFAULT_DIGEST)
+    .superRefine((d, ctx) => { const why = unavailable(d); if (why) ctx.addIssue({ code: 'custom', message: why }); }),
   /**
    * Keep device fds in a separate holder process, so an agent restart does not reset devices: true
    * starts one if none runs; `external` waits for one started beside the agent (a pod's second

@@ -4,8 +4,8 @@
  * it lets RESUMING -> STOP happen.
  */
 import { createHash } from 'node:crypto';
-import { Blake3Hasher } from '@napi-rs/blake-hash';
-import { crc32 } from '@node-rs/crc32';
+import { Blake3, crc32, type Hasher } from '../native.js';
+import { RelayError } from './errors.js';
 
 /**
  * blake3 (the default) is a cryptographic hash like SHA-256 at about five times its speed on one core
@@ -14,7 +14,16 @@ import { crc32 } from '@node-rs/crc32';
  */
 export const DIGEST_ALGORITHMS = ['blake3', 'sha256', 'crc32'] as const;
 export type DigestAlgorithm = (typeof DIGEST_ALGORITHMS)[number];
-export const DEFAULT_DIGEST: DigestAlgorithm = 'blake3';
+
+/** Why this machine cannot compute `algorithm` (no build of its addon for the platform), if it cannot. */
+export function unavailable(algorithm: DigestAlgorithm): string | undefined {
+  if (algorithm !== 'blake3' || !(Blake3 instanceof Error)) return undefined;
+  return `blake3 is not available on ${process.platform}-${process.arch}: @napi-rs/blake-hash did not load ` +
+    `(${Blake3.message.split('\n')[0]}); use digest: sha256`;
+}
+
+/** blake3 where it loads; sha256 on a platform without a build of it. */
+export const DEFAULT_DIGEST: DigestAlgorithm = unavailable('blake3') ? 'sha256' : 'blake3';
 
 export interface StreamDigest {
   readonly algorithm: DigestAlgorithm;
@@ -28,7 +37,9 @@ export function createStreamDigest(algorithm: DigestAlgorithm): StreamDigest {
     let c = 0;
     return { algorithm, update: (b) => { c = crc32(b, c); }, value: () => `crc32:${(c >>> 0).toString(16).padStart(8, '0')}` };
   }
-  const h: { update(b: Buffer): unknown; digest(format: 'hex'): string } = algorithm === 'blake3' ? new Blake3Hasher() : createHash('sha256');
+  const why = unavailable(algorithm);
+  if (why) throw new RelayError('DigestUnavailable', why, 422);
+  const h: Hasher = algorithm === 'blake3' ? new (Blake3 as new () => Hasher)() : createHash('sha256');
   let done: string | undefined;
   return {
     algorithm,

@@ -9,6 +9,7 @@ export type RelayCode =
   | 'StreamAborted'
   | 'DeviceReadFailed'
   | 'DeviceWriteFailed'
+  | 'DigestUnavailable'
   | 'Cancelled';
 
 export class RelayError extends Error {

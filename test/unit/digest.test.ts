@@ -1,4 +1,6 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import { DEFAULT_DIGEST, algorithmOf, createStreamDigest } from '../../src/relay/digest.js';
 import { ConfigError, parseAgentConfig } from '../../src/agent/config.js';
 
@@ -40,4 +42,30 @@ it('defaults agents to blake3 and names the field when the digest is unknown', (
   expect(parseAgentConfig(base).digest).toBe('blake3');
   expect(() => parseAgentConfig({ ...base, digest: 'md5' })).toThrow(ConfigError);
   expect(() => parseAgentConfig({ ...base, digest: 'md5' })).toThrow(/digest/);
+});
+
+describe('on a platform without the native addons', () => {
+  const repo = fileURLToPath(new URL('../../', import.meta.url));
+  const probe = `
+    const d = await import('${repo}dist/relay/digest.js');
+    const n = await import('${repo}dist/native.js');
+    const c = await import('${repo}dist/agent/config.js');
+    const base = { node: 'n', listen: { host: '127.0.0.1', port: 1 }, stateDir: '/tmp/x', tls: { ca: 'a', cert: 'b', key: 'c' } };
+    const tryIt = (f) => { try { return f(); } catch (e) { return e.message; } };
+    console.log(JSON.stringify({
+      default: d.DEFAULT_DIGEST, crc: n.crc32(Buffer.from('abc')).toString(16),
+      stream: tryIt(() => d.createStreamDigest('blake3').value()),
+      config: tryIt(() => c.parseAgentConfig({ ...base, digest: 'blake3' }).digest),
+      configDefault: c.parseAgentConfig(base).digest,
+    }));`;
+  const run = (hooked: boolean) => JSON.parse(execFileSync(process.execPath,
+    [...(hooked ? ['--import', `${repo}test/helpers/no-native.mjs`] : []), '--input-type=module', '-e', probe], { encoding: 'utf8' })) as Record<string, string>;
+
+  it('defaults to sha256, refuses blake3 by name with the fix, and computes the same CRC-32 with zlib', () => {
+    expect(run(false)).toMatchObject({ default: 'blake3', crc: '352441c2', configDefault: 'blake3', config: 'blake3' });
+    const without = run(true);
+    expect(without).toMatchObject({ default: 'sha256', crc: '352441c2', configDefault: 'sha256' });
+    expect(without.stream).toMatch(/blake3 is not available on linux-x64: @napi-rs\/blake-hash did not load .*; use digest: sha256/);
+    expect(without.config).toMatch(/blake3 is not available.*use digest: sha256.*at digest/s);
+  });
 });

@@ -12,7 +12,7 @@
  */
 // The IEEE CRC-32 (zlib's values) with SIMD: 16 GB/s here against zlib's 2.5, and the simulator's
 // page checks are per byte on both agents' main threads.
-import { crc32 } from '@node-rs/crc32';
+import { crc32 } from '../../native.js';
 
 export const MAGIC = Buffer.from('DMSIMv1\0', 'latin1');
 export const HEADER_SIZE = 32;
