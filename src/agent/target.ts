@@ -34,6 +34,9 @@ export async function prepareReceive(ctx: AgentContext, device: string, req: Rec
   }));
 }
 
+/** A stream still running after this long gets its receive:streaming step in the journal. */
+const STREAMING_NOTE_MS = 200;
+
 /** PUT /v1/migrations/:m/stream: the data path. Everything is checked before a byte reaches a device. */
 export async function acceptStream(ctx: AgentContext, who: Identity, migration: string, headers: IncomingHttpHeaders,
   stream: ServerHttp2Stream, trailers: () => IncomingHttpHeaders | undefined): Promise<Reply> {
@@ -41,14 +44,15 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
   const algorithm = algorithmOf(`${String(headers[Wire.algorithm] ?? ctx.config.digest)}:`) ?? ctx.config.digest;
   session.ticketUsed = true;
   session.phase = 'Streaming';
-  // These two steps are what a person reads; a restart treats a stream it lost the same either way
-  // (interrupted; the commit needs the live session). So they are written in the journal's order,
-  // without holding up the first byte or the verdict, both inside the downtime.
-  note(ctx, session.device, 'receive:streaming');
+  // receive:streaming is what a person reads; a restart treats a stream it lost the same at
+  // receive:waiting (interrupted; the commit needs the live session). So it is written only for a
+  // stream still running after STREAMING_NOTE_MS: a short one goes straight to receive:verified, the
+  // commit's intent, whose write the commit waits for, one fsync sooner. Neither holds up a byte.
+  const streaming = setTimeout(() => note(ctx, session.device, 'receive:streaming'), STREAMING_NOTE_MS);
   try {
     const got = await receiveStream(stream, session.resume, {
       algorithm, signal: session.abort.signal, trailers, onProgress: (b) => { session.bytes = b; },
-    });
+    }).finally(() => clearTimeout(streaming));
     session.digest = got.digest;
     finish(session, 'Verified');
     note(ctx, session.device, 'receive:verified');

@@ -183,6 +183,8 @@ describe('agent: a migration through the control API', () => {
     const before = await simDigest(simDir(source), 'sim-1');
     await migrate('m5', 'sim-1', { bandwidth: 2 * 2 ** 20 });
     await until('streaming', async () => ((await src.migration('m5')).sessions[0]?.bytes ?? 0) > 0);
+    // A stream that runs on is in the target's journal as such (a short one goes straight to verified).
+    await until('receive:streaming journaled', async () => (await dst.device('sim-1')).step === 'receive:streaming');
     const c = await src.cancel('m5', { op: 'cancel', reason: 'test' });
     expect(c.devices).toEqual([expect.objectContaining({ device: 'sim-1', role: 'source', state: 'RUNNING' })]);
     expect((await src.migration('m5')).sessions[0]?.phase).toBe('Cancelled');
