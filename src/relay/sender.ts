@@ -62,6 +62,7 @@ export class SendFailure extends RelayError {
 export async function sendStream(save: SaveStream, opts: SendOptions, link?: ClientHttp2Session): Promise<SendResult> {
   const session = link ?? await connectTarget(opts.endpoint, opts.tls, opts.signal);
   const state = { bytes: 0, allSent: false };
+  let response: Promise<TargetVerdict> | undefined;
   try {
     const req = session.request({
       ':method': 'PUT',
@@ -71,14 +72,17 @@ export async function sendStream(save: SaveStream, opts: SendOptions, link?: Cli
       [Wire.device]: opts.device,
       [Wire.algorithm]: opts.algorithm,
     }, { waitForTrailers: true, signal: opts.signal });
-    const response = readResponse(req);
+    response = readResponse(req);
     response.catch(() => undefined); // observed below; a failed write must not leave it unhandled
     const digest = await pump(save, req, opts, state);
     state.allSent = true;
     const target = await response;
     return { bytes: state.bytes, digest, target };
   } catch (e) {
-    throw new SendFailure(asRelayError(e, opts), state.allSent, state.bytes);
+    // A target that refuses the stream half-way (its device rejected the data) answers why and
+    // closes it, and our next write then fails on a closed stream: its answer says more.
+    const refusal = response && !opts.signal.aborted ? await answerWithin(response, REFUSAL_WAIT_MS) : undefined;
+    throw new SendFailure(asRelayError(refusal ?? e, opts), state.allSent, state.bytes);
   } finally {
     session.close();
   }
@@ -139,6 +143,20 @@ async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions,
     req.end();
     return value;
   }
+}
+
+/** How long a failed send waits for the target's answer saying why, before it reports the failure itself. */
+const REFUSAL_WAIT_MS = 1000;
+
+/** The target's refusal (a RelayError other than the stream breaking) if it arrives within `ms`. */
+async function answerWithin(response: Promise<TargetVerdict>, ms: number): Promise<RelayError | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const answer = await Promise.race([
+    response.then(() => undefined, (x: unknown) => x),
+    new Promise<undefined>((resolve) => { timer = setTimeout(() => resolve(undefined), ms); }),
+  ]);
+  clearTimeout(timer);
+  return answer instanceof RelayError && answer.code !== 'StreamAborted' ? answer : undefined;
 }
 
 /** Chunks in flight: enough to keep a read and a few writes going, few enough to bound memory. */

@@ -81,3 +81,26 @@ it('PRE_COPY: streams while the device runs, then STOP_COPY on the same data_fd;
   expect((await simDigest(target.ctx.config.devices.simulated!.dir, 'live')).sha256).toBe(final.sha256);
   expect(done.bytes).toBeGreaterThan(8 * MiB);
 });
+
+it('a target that refuses the stream half-way is reported with its reason, not as a broken link', async () => {
+  // The source's driver corrupts byte 100: the target's device rejects the first batch it is given
+  // and the target answers why while the source still has most of 128 MiB to send (4 MiB/s).
+  for (const c of [src, dst]) await c.release('big', { migration: 'slow', op: 'release' }); // the first test's
+  const faults = join(source.ctx.config.devices.simulated!.dir, 'big', 'faults.json');
+  await writeFile(faults, JSON.stringify([{ stream: 'corrupt', atByte: 100 }]));
+  try {
+    const ticket = newTicket();
+    await dst.receive('big', { migration: 'refused', op: 'prepare', ticket, sourceNode: 'node-a' });
+    await src.send('big', { migration: 'refused', op: 'send', ticket, bandwidth: 4 * MiB, target: { node: 'node-b', device: 'big', endpoint: target.endpoint } });
+    const s = await until('send failed', async () => {
+      const x = (await src.migration('refused')).sessions[0];
+      return x?.phase === 'Failed' ? x : undefined;
+    });
+    expect(s.allSent).toBe(false);
+    expect(s.error).toMatchObject({ code: 'PeerRefused', message: expect.stringMatching(/refused the stream \(400\): writing the target data_fd failed: .*page 0 fails its CRC/) as unknown });
+    await src.cancel('refused', { op: 'cancel' });
+    await dst.cancel('refused', { op: 'cancel' });
+  } finally {
+    await rm(faults, { force: true });
+  }
+});
