@@ -149,9 +149,8 @@ async function reconcile(ctx: AgentContext): Promise<void> {
     // A device reset since the journal was written holds nothing of the migration: no step of it
     // stands, a commit least of all (hasCommitted knows no "...>reset" step).
     if (d.resetAtOpen) step = e.step?.endsWith('>reset') ? e.step : `${e.step ?? 'unknown'}>reset`;
-    else if (e.step === 'commit:intent' || (e.step === 'receive:verified' && hasCommitted(e.step, state))) {
-      step = !hasCommitted(e.step, state) ? 'commit:interrupted' : state === 'STOP' ? 'commit:done' : `state:${state}`;
-    }
+    else if (hasCommitted(e.step, state) && (e.step === 'commit:intent' || e.step === 'receive:verified')) step = state === 'STOP' ? 'commit:done' : `state:${state}`;
+    else if (e.step === 'commit:intent') step = 'commit:interrupted';
     else if (e.step?.endsWith(':streaming') || e.step?.endsWith(':waiting') || e.step?.endsWith(':open')) step = `${e.step}>interrupted`;
     if (step !== e.step) await ctx.journal.step(e.device, { step });
     ctx.log.info({ device: e.device, migration: e.migration, role: e.role, step, state }, 'reconciled device from the journal');

@@ -8,6 +8,7 @@ import { AgentError } from './errors.js';
 import { finish, isActive, viewOf } from './sessions.js';
 import { flagNames, type MigStateName } from '../vfio/uapi.js';
 import { AgentClient } from './client.js';
+import { settleWithin } from '../async.js';
 
 export async function setState(ctx: AgentContext, device: string, req: SetStateRequest): Promise<Reply> {
   const d = deviceOf(ctx, device);
@@ -57,11 +58,7 @@ export async function deviceView(ctx: AgentContext, name: string): Promise<Devic
  */
 export async function migrationView(ctx: AgentContext, migration: string, waitMs = 0): Promise<{ sessions: SessionView[] }> {
   const pending = waitMs > 0 ? ctx.sessions.forMigration(migration).flatMap((s) => (s.role === 'source' && isActive(s) ? [s.ended.promise] : [])) : [];
-  if (pending.length) {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.allSettled(pending), new Promise((r) => { timer = setTimeout(r, waitMs); })]);
-    clearTimeout(timer);
-  }
+  if (pending.length) await settleWithin(Promise.allSettled(pending), waitMs);
   const sessions: SessionView[] = [];
   for (const s of ctx.sessions.forMigration(migration)) {
     const view = viewOf(s);

@@ -266,9 +266,7 @@ export class Reconciler {
     pass.writing = undefined;
     await behind;
     if (!pass.unsaved && JSON.stringify(s) === JSON.stringify(m.status ?? {})) return;
-    const updated = await this.d.kube.patchMigrationStatus(m.metadata.name, s);
-    this.wrote(m.metadata.name, updated.metadata.resourceVersion);
-    m.status = updated.status;
+    m.status = (await this.patchStatus(m.metadata.name, s)).status;
     pass.unsaved = false;
   }
 
@@ -277,8 +275,15 @@ export class Reconciler {
     const before = pass.writing ?? Promise.resolve();
     m.status = s;
     pass.unsaved = false;
-    pass.writing = before.then(async () => { this.wrote(m.metadata.name, (await this.d.kube.patchMigrationStatus(m.metadata.name, s)).metadata.resourceVersion); });
+    pass.writing = before.then(async () => { await this.patchStatus(m.metadata.name, s); });
     pass.writing.catch(() => undefined);
+  }
+
+  /** Writes the status and remembers the version written (its watch event brings nothing new). */
+  private async patchStatus(name: string, s: Status): Promise<DeviceMigration> {
+    const updated = await this.d.kube.patchMigrationStatus(name, s);
+    this.wrote(name, updated.metadata.resourceVersion);
+    return updated;
   }
 
   private statusFor(m: DeviceMigration, status: Status, t: Transition, arcs: ArcRecord[]): Status {

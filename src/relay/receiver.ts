@@ -69,11 +69,11 @@ const BUFFERS = 4;
 /**
  * Feeds the stream to `write` in BATCH-sized writes, one write at a time. Each arriving chunk is
  * copied at once into a fixed set of buffers, so node:http2's chunk dies young: chunks held until a
- * write finished outlived a scavenge, and their memory then waited for a full mark-compact, which the
- * target ran 50 times per GiB. With every buffer full the stream pauses, and a slow device stops the
- * source through flow control. `got` counts what arrived; `onBatch` sees each batch, in order, before
- * it is written. (Not
- * for-await: leaving it early destroys the stream, and the answer saying why could no longer be sent.)
+ * write finished outlived scavenges, and their memory then waited for a full mark-compact (52 per GiB
+ * on the target before, 25-35 after). With every buffer full the stream pauses, and a slow device
+ * stops the source through flow control. `got` counts what arrived; `onBatch` sees each batch, in
+ * order, before it is written. (Not for-await: leaving it early destroys the stream, and the answer
+ * saying why could no longer be sent.)
  */
 function consume(stream: ServerHttp2Stream, signal: AbortSignal, got: { bytes: number }, onBatch: (b: Buffer) => void,
   write: (b: Buffer) => Promise<void>): Promise<void> {

@@ -6,6 +6,7 @@
 import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { settleWithin } from '../async.js';
 import { DeviceError, type SaveStream } from '../vfio/device.js';
 import { Wire, createStreamDigest, type DigestAlgorithm } from './digest.js';
 import { RelayError } from './errors.js';
@@ -150,13 +151,9 @@ const REFUSAL_WAIT_MS = 1000;
 
 /** The target's refusal (a RelayError other than the stream breaking) if it arrives within `ms`. */
 async function answerWithin(response: Promise<TargetVerdict>, ms: number): Promise<RelayError | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const answer = await Promise.race([
-    response.then(() => undefined, (x: unknown) => x),
-    new Promise<undefined>((resolve) => { timer = setTimeout(() => resolve(undefined), ms); }),
-  ]);
-  clearTimeout(timer);
-  return answer instanceof RelayError && answer.code !== 'StreamAborted' ? answer : undefined;
+  const answer = await settleWithin(response, ms);
+  const why: unknown = answer?.status === 'rejected' ? answer.reason : undefined;
+  return why instanceof RelayError && why.code !== 'StreamAborted' ? why : undefined;
 }
 
 /** Chunks in flight: enough to keep a read and a few writes going, few enough to bound memory. */
