@@ -246,15 +246,18 @@ async function observe(c: StepContext): Promise<Outcome> {
  * Bytes, the measured rate (a moving average over the controller's looks, so one slow look does not
  * swing it), and the total expected: what was sent plus what the device says is left.
  */
-function measure(c: StepContext, bytes: number, remaining: number | undefined, digest: string | undefined, idle = false) {
+export function measure(c: Pick<StepContext, 'm' | 'now'>, bytes: number, remaining: number | undefined, digest: string | undefined, idle = false) {
   const prev = c.m.status?.transfer;
   const at = new Date(c.now).toISOString();
   let rate = prev?.rate;
   if (prev?.observedAt && bytes >= prev.bytes) {
     const dt = (c.now - Date.parse(prev.observedAt)) / 1000;
-    // Too soon to measure; or the device had nothing to send, which is not a slow link: the rate
-    // stays, and observedAt too, so idle looks do not keep restarting the measurement.
-    if (dt < 0.2 || (idle && bytes === prev.bytes)) return { ...prev, bytes, ...(digest ? { digest } : {}) };
+    // Too soon to measure; or the device had nothing to send, which is not a slow link; or nothing
+    // moved before any rate was measured (a source stalled at the start, e.g. starved of CPU: a first
+    // rate of 0 stayed 0 to the end of a transfer of megabytes). The rate stays, and observedAt too,
+    // so the next look measures from the same point. Once a rate is known, a look where nothing
+    // moved is a stall and pulls it down.
+    if (dt < 0.2 || (bytes === prev.bytes && (idle || rate === undefined))) return { ...prev, bytes, ...(digest ? { digest } : {}) };
     const now = (bytes - prev.bytes) / dt;
     rate = Math.round(rate === undefined ? now : 0.5 * rate + 0.5 * now);
   }
