@@ -44,23 +44,46 @@ export function claim(ctx: AgentContext, device: string, migration: string): voi
   }
 }
 
+/** Ops under way, per journal (one per agent): a repeat that arrives meanwhile waits for the first. */
+const running = new WeakMap<Journal, Map<string, { hash: string; reply: Promise<Reply> }>>();
+
 /**
- * Runs an op once: a repeat of (migration, op) with the same request returns the recorded answer; with
- * a different request it is refused, since the op id already means something else.
+ * Runs an op once: a repeat of (migration, op) with the same request returns the recorded answer (or,
+ * while the first still runs, its answer when it comes); with a different request it is refused, since
+ * the op id already means something else.
  */
 export async function once(ctx: AgentContext, device: string, migration: string, op: string, request: unknown,
   act: () => Promise<Reply>): Promise<Reply> {
   const hash = requestHash(request);
+  const conflict = () => new AgentError(409, 'OpConflict', `op "${op}" of migration ${migration} on ${device} was already done with other parameters; use a new op id`);
   const prev = ctx.journal.findOp(device, migration, op);
   if (prev) {
-    if (prev.request !== hash) {
-      throw new AgentError(409, 'OpConflict', `op "${op}" of migration ${migration} on ${device} was already done with other parameters; use a new op id`);
-    }
+    if (prev.request !== hash) throw conflict();
     return { status: prev.status, body: { ...(prev.result as object), replayed: true } };
   }
-  const reply = await act();
-  await ctx.journal.recordOp(device, migration, { op, request: hash, status: reply.status, result: reply.body, at: new Date().toISOString() }, reply.step);
-  return reply;
+  let table = running.get(ctx.journal);
+  if (!table) {
+    table = new Map<string, { hash: string; reply: Promise<Reply> }>();
+    running.set(ctx.journal, table);
+  }
+  const key = `${device}/${migration}/${op}`;
+  const first = table.get(key);
+  if (first) {
+    if (first.hash !== hash) throw conflict();
+    const r = await first.reply;
+    return { ...r, body: { ...(r.body as object), replayed: true } };
+  }
+  const reply = (async () => {
+    const r = await act();
+    await ctx.journal.recordOp(device, migration, { op, request: hash, status: r.status, result: r.body, at: new Date().toISOString() }, r.step);
+    return r;
+  })();
+  table.set(key, { hash, reply });
+  try {
+    return await reply;
+  } finally {
+    table.delete(key);
+  }
 }
 
 /** The answer for a walk of arcs: 200 when it reached its state, 422 with the failed arc otherwise. */

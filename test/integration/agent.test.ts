@@ -128,6 +128,17 @@ describe('agent: a migration through the control API', () => {
     await expect(dst.commit('sim-0', req)).rejects.toMatchObject({ code: 'NotVerified' });
   });
 
+  it('the same op asked twice at once runs once, and both get its answer', async () => {
+    await migrate('mc');
+    await verified('mc');
+    const req = { migration: 'mc', op: 'commit', resume: true };
+    const [a, b] = await Promise.all([dst.commit('sim-0', req), dst.commit('sim-0', req)]);
+    const arcs = ['RESUMING>STOP', 'STOP>RUNNING_P2P', 'RUNNING_P2P>RUNNING'];
+    expect(a.arcs.map((x) => `${x.from}>${x.to}`)).toEqual(arcs);
+    expect(b.arcs).toEqual(a.arcs);
+    expect([a.replayed, b.replayed].filter(Boolean)).toHaveLength(1);
+  });
+
   it('a target agent that cannot be reached fails the send before the device stops', async () => {
     const ticket = newTicket();
     const r = await src.send('sim-0', { migration: 'm1u', op: 'send', ticket, target: { node: 'node-b', device: 'sim-0', endpoint: 'https://127.0.0.9:1' } })
