@@ -92,14 +92,13 @@ export function next(step: Step, ev: Event): Transition {
 
 const why = (ev: { reason: string; message: string }) => ({ reason: ev.reason, message: ev.message });
 
+/**
+ * A cancel or timeout. Past the commit it changes nothing (rolling back could leave two runners): the
+ * migration goes on to its end, and the status says the cancel came too late. During a rollback it is
+ * already being done.
+ */
 function stopRequested(step: Step, why: 'cancel' | 'timeout'): Transition {
-  if (pastCommit(step) || step === 'RollBack') {
-    // Too late to stop: rolling back now could leave two runners, or is already under way.
-    if (why === 'cancel' && step !== 'RollBack') {
-      return { step, blocked: { reason: 'TooLateToCancel', message: 'the target may already run the state (commit recorded); the migration finishes instead' } };
-    }
-    return { step };
-  }
+  if (pastCommit(step) || step === 'RollBack') return { step };
   if (step === 'Pending') return { step: why === 'cancel' ? 'Cancelled' : 'Failed', failure: failureOf(why) };
   return { step: 'RollBack', failure: failureOf(why) };
 }

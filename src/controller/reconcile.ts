@@ -11,7 +11,7 @@ import type { TlsMaterial } from '../relay/h2.js';
 import { act, ticketFor, wantsPrecopy, type GroupContext, type Peers } from './actions.js';
 import { GROUP_LABEL } from './group.js';
 import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
-import { isTerminal, next, phaseOf, type Event, type Step, type Transition } from './machine.js';
+import { isTerminal, next, pastCommit, phaseOf, type Event, type Step, type Transition } from './machine.js';
 import type { Metrics } from './metrics.js';
 import { validate, type ValidationReads } from './validate.js';
 
@@ -66,6 +66,11 @@ const STAGES: Array<{ type: string; after: Step; message: string }> = [
 ];
 const ORDER: Step[] = ['Pending', 'PrepareTarget', 'StartSend', 'Streaming', 'StopCopy', 'Commit', 'ResumeTarget', 'ReleaseSource', 'Succeeded'];
 const stepOrder = (s: Step): number => ORDER.indexOf(s);
+
+/** A cancel (or a deletion) that came once the target may run: refused, and said so. */
+const tooLateToCancel = (m: DeviceMigration, step: Step): boolean => Boolean(m.spec.cancel || m.metadata.deletionTimestamp) && pastCommit(step);
+const TOO_LATE_TO_CANCEL = { type: 'Cancelled', status: 'False', reason: 'TooLateToCancel',
+  message: 'the cancel came after the commit: the target may already run the state, so the migration finishes instead of rolling back' } as const;
 
 /** A replayed op answers with arcs already recorded (or lost with a crashed pass): each is kept once. */
 function appendArcs(have: ArcRecord[], more: ArcRecord[]): ArcRecord[] {
@@ -162,7 +167,9 @@ export class Reconciler {
 
   private async one(m: DeviceMigration, status: Status, step: Step, deleting: boolean, pass: Pass): Promise<Applied> {
     const stop = this.stopEvent(m, status, step, deleting);
-    if (stop) return this.apply(m, status, step, next(step, stop), [], pass);
+    // Past the commit a stop changes nothing: the step goes on (a condition says the cancel came too late).
+    const stopped = stop && next(step, stop);
+    if (stopped && stopped.step !== step) return this.apply(m, status, step, stopped, [], pass);
     const group = m.spec.group ? await this.groupOf(m) : undefined;
     if (group?.abort) {
       const t = next(step, group.abort);
@@ -324,6 +331,7 @@ export class Reconciler {
     list = set(list, t.blocked
       ? { type: 'Blocked', status: 'True', reason: t.blocked.reason, message: t.blocked.message }
       : { type: 'Blocked', status: 'False', reason: 'Progressing', message: 'nothing is waiting on an unknown outcome' });
+    if (tooLateToCancel(m, t.step)) list = set(list, TOO_LATE_TO_CANCEL);
     // One condition per stage, True once the migration is past it.
     for (const stage of STAGES) {
       const reached = stepOrder(t.step) > stepOrder(stage.after) && t.step !== 'RollBack' && !failed;
