@@ -115,6 +115,9 @@ async function cancelTarget(ctx: AgentContext, device: string, migration: string
   // On record before the reset: a verified target found RUNNING would otherwise read as committed.
   await ctx.journal.step(device, { step: 'cancel:reset' });
   await d.device.reset();
+  // A verified session is no longer active, but it must not stay Verified: a commit queued behind this
+  // cancel would walk the reset, empty device to STOP and RUNNING.
+  if (s?.role === 'target') finish(s, 'Cancelled', { code: 'Cancelled', message: 'the migration was cancelled on this node; the device was reset' });
   await ctx.journal.step(device, { step: 'cancelled' });
   return { device, role: 'target', state: await d.device.getState() };
 }
@@ -149,7 +152,8 @@ async function peerCommitted(ctx: AgentContext, endpoint: string, migration: str
 }
 
 async function abortSessionsOf(ctx: AgentContext, device: string, why: string): Promise<void> {
-  const s = ctx.sessions.forDevice(device);
+  // A verified target session too: no commit may follow the reset.
+  const s = ctx.sessions.forDevice(device) ?? ctx.sessions.all().find((x) => x.device === device && x.role === 'target' && x.phase === 'Verified');
   if (!s) return;
   s.abort.abort(new Error(why));
   if (s.role === 'source') await s.done?.catch(() => undefined);

@@ -62,6 +62,10 @@ export class SessionTable {
     this.sessions.set(`${s.migration}/${s.device}`, s);
   }
 
+  all(): Session[] {
+    return [...this.sessions.values()];
+  }
+
   active(): Session[] {
     return [...this.sessions.values()].filter(isActive);
   }

@@ -139,6 +139,14 @@ describe('agent: a migration through the control API', () => {
     expect([a.replayed, b.replayed].filter(Boolean)).toHaveLength(1);
   });
 
+  it('a reset ends a verified session: no commit follows it', async () => {
+    await migrate('mx');
+    await verified('mx');
+    await dst.reset('sim-0', { migration: 'mx', op: 'reset' });
+    await expect(dst.commit('sim-0', { migration: 'mx', op: 'commit' })).rejects.toMatchObject({ status: 409, code: 'NotVerified' });
+    expect((await dst.device('sim-0')).state).toBe('RUNNING');
+  });
+
   it('a target agent that cannot be reached fails the send before the device stops', async () => {
     const ticket = newTicket();
     const r = await src.send('sim-0', { migration: 'm1u', op: 'send', ticket, target: { node: 'node-b', device: 'sim-0', endpoint: 'https://127.0.0.9:1' } })
@@ -222,6 +230,9 @@ describe('agent: a migration through the control API', () => {
     const tc = await dst.cancel('m5v', { op: 'cancel' });
     expect(tc.devices).toEqual([expect.objectContaining({ device: 'sim-0', role: 'target', state: 'RUNNING' })]);
     expect(seen).toEqual([['cancel:reset', 'RESUMING'], ['cancelled', 'RUNNING']]);
+    // The session was verified: after the cancel no commit may walk the reset device to STOP.
+    await expect(dst.commit('sim-0', { migration: 'm5v', op: 'commit' })).rejects.toMatchObject({ status: 409, code: 'NotVerified' });
+    expect((await dst.device('sim-0')).state).toBe('RUNNING');
     seen.length = 0;
     await dst.reset('sim-0', { migration: 'm5v', op: 'reset' });
     expect(seen.map(([x]) => x)).toEqual(['reset:intent', 'reset']);
