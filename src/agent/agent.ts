@@ -18,7 +18,7 @@ import { Journal } from './journal.js';
 import type { DeviceNodePublisher } from './publish.js';
 import { createAgentServer } from './server.js';
 import { SessionTable } from './sessions.js';
-import { hasCommitted } from './target.js';
+import { commitFound } from './target.js';
 
 export interface AgentOptions {
   readonly log: Logger;
@@ -92,6 +92,8 @@ export class Agent {
     const deadline = Date.now() + this.ctx.config.drainSeconds * 1000;
     while (this.ctx.sessions.active().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of this.ctx.sessions.active()) s.abort.abort(new Error('agent shutting down'));
+    // A commit armed on a verified stream finishes its arcs before the devices close.
+    await Promise.allSettled(this.ctx.sessions.all().flatMap((s) => (s.role === 'target' && s.committing ? [s.committing] : [])));
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     await this.ctx.devices.closeAll();
   }
@@ -149,7 +151,7 @@ async function reconcile(ctx: AgentContext): Promise<void> {
     // A device reset since the journal was written holds nothing of the migration: no step of it
     // stands, a commit least of all (hasCommitted knows no "...>reset" step).
     if (d.resetAtOpen) step = e.step?.endsWith('>reset') ? e.step : `${e.step ?? 'unknown'}>reset`;
-    else if (hasCommitted(e.step, state) && (e.step === 'commit:intent' || e.step === 'receive:verified')) step = state === 'STOP' ? 'commit:done' : `state:${state}`;
+    else if (e.role === 'target' && commitFound(e.step, state)) step = state === 'STOP' ? 'commit:done' : `state:${state}`;
     else if (e.step === 'commit:intent') step = 'commit:interrupted';
     else if (e.step?.endsWith(':streaming') || e.step?.endsWith(':waiting') || e.step?.endsWith(':open')) step = `${e.step}>interrupted`;
     if (step !== e.step) await ctx.journal.step(e.device, { step });

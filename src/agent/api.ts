@@ -22,6 +22,12 @@ export const receiveRequest = z.strictObject({
   ticket,
   /** The node whose agent will send; only its identity may open the stream. */
   sourceNode: objectName,
+  /**
+   * The commit to run the moment the stream is verified, without waiting to be asked: the controller
+   * recorded that intent before it prepared the target. The same op id and parameters as the commit
+   * request it sends later, which then answers what this one did.
+   */
+  commitOnVerify: z.strictObject({ op: opName, resume: z.boolean().optional() }).optional(),
 });
 export const sendRequest = z.strictObject({
   ...base,

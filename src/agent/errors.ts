@@ -5,7 +5,7 @@
 export type AgentErrorCode =
   | 'BadRequest' | 'Unauthenticated' | 'Forbidden' | 'NotFound' | 'MethodNotAllowed' | 'UnsupportedMediaType'
   | 'PayloadTooLarge' | 'Draining' | 'DeviceBusy' | 'OpConflict' | 'ArcFailed' | 'DeviceError' | 'NoSession'
-  | 'NotVerified' | 'TicketRefused' | 'TooManySessions' | 'OutcomeUnknown' | 'AlreadyCommitted' | 'StreamMismatch'
+  | 'NotVerified' | 'UseCommit' | 'TicketRefused' | 'TooManySessions' | 'OutcomeUnknown' | 'AlreadyCommitted' | 'StreamMismatch'
   | 'StreamAborted' | 'DeviceWriteFailed' | 'NotCommitted' | 'TargetRan' | 'Internal';
 
 export class AgentError extends Error {

@@ -8,12 +8,19 @@ import { AgentError } from './errors.js';
 import { finish, isActive, viewOf } from './sessions.js';
 import { flagNames, type MigStateName } from '../vfio/uapi.js';
 import { AgentClient } from './client.js';
+import { hasCommitted } from './target.js';
 import { settleWithin } from '../async.js';
 
 export async function setState(ctx: AgentContext, device: string, req: SetStateRequest): Promise<Reply> {
   const d = deviceOf(ctx, device);
   claim(ctx, device, req.migration);
   return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    // Out of RESUMING goes only the commit, on a verified stream (invariant 5; hasCommitted relies on it).
+    const now = await d.device.getState();
+    if (now === 'RESUMING' && req.state !== 'RESUMING') {
+      throw new AgentError(409, 'UseCommit', `device ${device} is RESUMING: only the commit op takes it on (to STOP), once its stream is verified; ` +
+        'to abort, cancel the migration or reset the device');
+    }
     await ctx.journal.step(device, { migration: req.migration, step: `state:${req.state}` });
     return arcsReply(await d.device.setState(req.state as MigStateName));
   }));
@@ -78,6 +85,10 @@ export async function migrationView(ctx: AgentContext, migration: string, waitMs
   // Devices whose journal names this migration but whose session died with an earlier agent process.
   for (const e of ctx.journal.all()) {
     if (e.migration !== migration || sessions.some((x) => x.device === e.device)) continue;
+    if (e.role === 'target' && (await committedHere(ctx, e.device, e.step))) {
+      sessions.push({ migration, device: e.device, role: 'target', phase: 'Committed', bytes: 0, peer: '', startedAt: e.updatedAt });
+      continue;
+    }
     sessions.push({
       migration, device: e.device, role: e.role ?? 'source', phase: 'Interrupted', bytes: 0, peer: '',
       startedAt: e.updatedAt, error: { code: 'Interrupted', message: `the agent restarted at step ${e.step ?? '?'}; the data_fd was lost` },
@@ -103,20 +114,33 @@ export async function cancel(ctx: AgentContext, migration: string, req: CancelRe
     }));
     if (isActive(s)) finish(s, 'Cancelled', { code: 'Cancelled', message: req.reason ?? 'cancelled' });
   }
+  // A target whose session died with an earlier agent process: its journal and its device's state say
+  // whether it committed (then it is the runner, and the cancel is refused), else it is reset as above.
+  for (const e of ctx.journal.all()) {
+    const d = ctx.devices.get(e.device);
+    if (e.migration !== migration || e.role !== 'target' || !d || ctx.sessions.get(migration, e.device) || e.step === 'cancelled') continue;
+    results.push(await d.exclusive(() => cancelTarget(ctx, e.device, migration)));
+  }
   return { status: 200, body: { migration, devices: results } };
+}
+
+/** Whether a target device committed `migration`'s state: by its journal and its device's state. */
+async function committedHere(ctx: AgentContext, device: string, step: string | undefined): Promise<boolean> {
+  const d = ctx.devices.get(device);
+  return d !== undefined && hasCommitted(step, await d.device.getState());
 }
 
 async function cancelTarget(ctx: AgentContext, device: string, migration: string) {
   const s = ctx.sessions.get(migration, device);
   const d = deviceOf(ctx, device);
-  if (s?.phase === 'Committed') {
+  if (s?.phase === 'Committed' || (await committedHere(ctx, device, ctx.journal.get(device).step))) {
     throw new AgentError(409, 'AlreadyCommitted', `device ${device} already committed migration ${migration}; it is the runner now`);
   }
   // On record before the reset: a verified target found RUNNING would otherwise read as committed.
   await ctx.journal.step(device, { step: 'cancel:reset' });
   await d.device.reset();
   // A verified session is no longer active, but it must not stay Verified: a commit queued behind this
-  // cancel would walk the reset, empty device to STOP and RUNNING.
+  // cancel (an armed one, or the controller's) would walk the reset, empty device to STOP and RUNNING.
   if (s?.role === 'target') finish(s, 'Cancelled', { code: 'Cancelled', message: 'the migration was cancelled on this node; the device was reset' });
   await ctx.journal.step(device, { step: 'cancelled' });
   return { device, role: 'target', state: await d.device.getState() };

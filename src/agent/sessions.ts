@@ -31,6 +31,10 @@ export interface ReceiveSession extends Common {
   readonly ticket: string;
   ticketUsed: boolean;
   readonly resume: ResumeStream;
+  /** The commit op to run as soon as the stream is verified (see ReceiveRequest.commitOnVerify). */
+  readonly commitOnVerify?: { op: string; resume?: boolean | undefined };
+  /** That commit while it runs: a draining agent waits for it. */
+  committing?: Promise<unknown>;
 }
 
 export type Session = SendSession | ReceiveSession;

@@ -7,7 +7,7 @@ import { Wire, algorithmOf } from '../relay/digest.js';
 import { RelayError } from '../relay/errors.js';
 import { receiveStream } from '../relay/receiver.js';
 import type { ResumeStream } from '../vfio/device.js';
-import type { CommitRequest, ReceiveRequest } from './api.js';
+import { commitRequest, type CommitRequest, type ReceiveRequest } from './api.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
 import { AgentError } from './errors.js';
 import { describeIdentity, sameTicket, type Identity } from './identity.js';
@@ -27,6 +27,7 @@ export async function prepareReceive(ctx: AgentContext, device: string, req: Rec
     const session: ReceiveSession = {
       role: 'target', migration: req.migration, device, sourceNode: req.sourceNode, ticket: req.ticket, ticketUsed: false,
       resume: r.stream, phase: 'Waiting', bytes: 0, startedAt: new Date().toISOString(), abort: new AbortController(),
+      ...(req.commitOnVerify ? { commitOnVerify: req.commitOnVerify } : {}),
     };
     ctx.sessions.put(session);
     await ctx.journal.step(device, { step: 'receive:waiting' });
@@ -56,6 +57,7 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
     session.digest = got.digest;
     finish(session, 'Verified');
     note(ctx, session.device, 'receive:verified');
+    if (session.commitOnVerify) session.committing = commitOnVerify(ctx, session, session.commitOnVerify);
     return { status: 200, body: { verified: true, bytes: got.bytes, digest: got.digest } };
   } catch (e) {
     if (!(e instanceof RelayError)) throw e;
@@ -64,6 +66,18 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
     const status = e.code === 'StreamMismatch' ? 422 : 400;
     return { status, body: { verified: false, error: e.code, message: e.message } };
   }
+}
+
+/**
+ * The commit the controller armed (its intent recorded in status before the target was prepared),
+ * run the moment the stream is verified: from the source's stop to the target's run no controller
+ * round trip, status write or journal fsync is in the way. It is the very op the controller sends
+ * next (same id, same parameters), which then answers what this one did (see once).
+ */
+function commitOnVerify(ctx: AgentContext, s: ReceiveSession, armed: NonNullable<ReceiveSession['commitOnVerify']>): Promise<unknown> {
+  const req = commitRequest.parse({ migration: s.migration, op: armed.op, ...(armed.resume ? { resume: true } : {}) });
+  return commit(ctx, s.device, req).catch((e: unknown) =>
+    ctx.log.warn({ migration: s.migration, device: s.device, err: (e as Error).message }, 'the armed commit did not run; the controller\'s commit will say why'));
 }
 
 function note(ctx: AgentContext, device: string, step: string): void {
@@ -90,20 +104,27 @@ function admit(ctx: AgentContext, who: Identity, migration: string, headers: Inc
 /** Journal steps a target reaches only once RESUMING -> STOP succeeded. */
 const COMMITTED: ReadonlySet<string> = new Set(['commit:done', 'state:RUNNING_P2P', 'state:RUNNING']);
 /**
- * Steps after which the device is RESUMING with its stream verified, and nothing but the commit
- * moves it without journaling first (a cancel or reset journals before it resets the device).
+ * Steps after which the device is RESUMING, and nothing but the commit moves it without journaling
+ * first: a cancel or reset journals before it resets the device, the setState op refuses a device in
+ * RESUMING, and the commit runs only on a verified stream. So from receive:waiting on, a device found
+ * in STOP or later has committed, whether or not receive:verified reached the disk first.
  */
-const ARMED: ReadonlySet<string> = new Set(['receive:verified', 'commit:intent']);
+const ARMED: ReadonlySet<string> = new Set(['receive:waiting', 'receive:streaming', 'receive:verified', 'commit:intent']);
 /** States an armed target reaches only through RESUMING -> STOP. */
 const PAST_COMMIT: ReadonlySet<string> = new Set(['STOP', 'RUNNING_P2P', 'RUNNING']);
 
 /**
  * Whether a target's journal step and its device's state say that RESUMING -> STOP happened. Once the
- * stream is verified the device's own state is the record: only that arc leaves RESUMING for STOP.
+ * device is RESUMING its own state is the record: only the commit leaves RESUMING for STOP.
  * (A device reset as the agent opened it has its steps marked '>reset': none of them counts.)
  */
 export function hasCommitted(step: string | undefined, state: string): boolean {
-  return COMMITTED.has(step ?? '') || (ARMED.has(step ?? '') && PAST_COMMIT.has(state));
+  return COMMITTED.has(step ?? '') || commitFound(step, state);
+}
+
+/** A commit the journal has no step for yet: the device left RESUMING (found past it) while ARMED. */
+export function commitFound(step: string | undefined, state: string): boolean {
+  return ARMED.has(step ?? '') && PAST_COMMIT.has(state);
 }
 
 export async function commit(ctx: AgentContext, device: string, req: CommitRequest): Promise<Reply> {
@@ -124,10 +145,9 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
       throw new AgentError(409, 'NotVerified', `refusing RESUMING -> STOP on ${device}: the stream of migration ${req.migration} ` +
         `has not been verified (session ${s ? s.phase : 'missing'})`);
     }
-    // The intent on record before the arc: receive:verified, journaled as the stream ended (while the
-    // controller recorded its own intent), says it; only if that write failed is one written now.
-    await ctx.journal.settled(device);
-    if (ctx.journal.get(device).step !== 'receive:verified') await ctx.journal.step(device, { step: 'commit:intent' });
+    // The intent on record before the arc is the step the device entered RESUMING with (ARMED): no
+    // write stands between the verdict and the arc. Only a journal that says otherwise gets one.
+    if (!ARMED.has(ctx.journal.get(device).step ?? '')) await ctx.journal.step(device, { step: 'commit:intent' });
     const r = await d.device.setState('STOP');
     if (r.error) {
       finish(s, 'Failed', { code: 'ArcFailed', message: r.error.message });
@@ -136,9 +156,8 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
     }
     finish(s, 'Committed');
     if (!req.resume) return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done' };
-    // Straight on to RUNNING (every moment here is downtime): a restart in between finds
-    // receive:verified (or commit:intent) and the device in STOP or later, which says the commit
-    // happened (hasCommitted).
+    // Straight on to RUNNING (every moment here is downtime): a restart in between finds an ARMED
+    // step and the device in STOP or later, which says the commit happened (hasCommitted).
     const run = await d.device.setState('RUNNING');
     return { ...arcsReply({ ...run, arcs: [...r.arcs, ...run.arcs] }, { bytes: s.bytes, digest: s.digest }), step: 'state:RUNNING' };
   }));

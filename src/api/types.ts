@@ -89,6 +89,7 @@ export const deviceMigrationStatus = z.strictObject({
   stopCopyAt: time.optional().describe('When the source stopped: downtime runs from here to the target RUNNING.'),
   downtimeMs: z.number().optional(),
   committedAt: time.optional(),
+  commitOnVerify: z.boolean().optional().describe('The target commits (RESUMING -> STOP) and runs as soon as it has verified the stream, without waiting for the controller: the intent, recorded before the target is prepared. Not for group members, which commit together.'),
   quiescedAt: time.optional().describe('A group member: when its source reached RUNNING_P2P or PRE_COPY_P2P (or, without P2P, was ready to stop).'),
   targetReadyAt: time.optional().describe('A group member: when its committed target reached RUNNING_P2P (or, without P2P, was ready to run).'),
   failure: z.strictObject({ reason: z.string(), message: z.string() }).optional(),

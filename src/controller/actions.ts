@@ -81,7 +81,12 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
   const src = m.spec.source.device;
   switch (step) {
     case 'PrepareTarget':
-      return call('target', () => peers.target.receive(targetDevice, { migration: name, op: 'prepare', ticket, sourceNode: m.spec.source.node }));
+      // Armed (status.commitOnVerify, recorded before this step): the target runs the Commit step's op
+      // itself the moment the stream is verified; the Commit step then reads its answer.
+      return call('target', () => peers.target.receive(targetDevice, {
+        migration: name, op: 'prepare', ticket, sourceNode: m.spec.source.node,
+        ...(m.status?.commitOnVerify ? { commitOnVerify: commitOp(c) } : {}),
+      }));
     case 'StartSend': {
       // A group member stopping from RUNNING first waits until every sibling's source is in RUNNING_P2P.
       const q = c.group && !c.precopy ? await quiesce(c, 'RUNNING_P2P') : undefined;
@@ -110,7 +115,7 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
       // A group member's target stays in STOP until all committed (ResumeTarget). Alone: the commit
       // gate and at once RUNNING, in one op (every moment between is downtime); a crash replays it
       // (recorded by the agent), and ResumeTarget finds the target's RUNNING arc in the status.
-      const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, op: 'commit', ...(c.group ? {} : { resume: true }) }));
+      const o = await call('target', () => peers.target.commit(targetDevice, { migration: name, ...commitOp(c) }));
       // Committed: the op succeeded (an agent that lost its answer in a crash says so from its
       // journal, with no arcs), or its commit arc did and only the run after it failed.
       const committed = o.event.kind === 'ok' || arcInto(o.arcs, 'STOP')?.from === 'RESUMING';
@@ -128,6 +133,11 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
     default:
       return { event: { kind: 'ok' } };
   }
+}
+
+/** The Commit step's op: the one an armed target runs on its own, so the two are the same op. */
+function commitOp(c: StepContext): { op: string; resume?: boolean } {
+  return { op: 'commit', ...(c.group ? {} : { resume: true }) };
 }
 
 /** The barrier: every sibling made, and each `ready`; else what this member waits for. */
@@ -342,6 +352,11 @@ async function rollBack(c: StepContext): Promise<Outcome> {
     if (u.event.kind !== 'ok' && !nothingToTakeBack) return u;
   }
   const t = await call('target', () => c.peers.target.cancel(name, { op: 'cancel' }));
+  // An armed target that verified the stream and committed before this reached it: it is the runner.
+  if (t.event.kind === 'failed' && t.event.reason === 'AlreadyCommitted') {
+    return { event: { kind: 'committed', message: `the target committed on its own verdict before the rollback reached it (${c.m.status?.failure?.reason ?? 'rollback'}: ` +
+      `${c.m.status?.failure?.message ?? ''}); it runs the state, so the migration finishes instead` } };
+  }
   if (t.event.kind !== 'ok') return t;
   const tv = await peek(c.peers.target, c.targetDevice);
   if ('event' in tv) return tv;

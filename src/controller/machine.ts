@@ -27,7 +27,12 @@ export type Event =
   /** A group member waits at a barrier for its siblings: nothing failed, the step is asked again. */
   | { kind: 'waiting'; message: string }
   /** A sibling of the group failed: roll back too, while this member's target never ran. */
-  | { kind: 'groupAbort'; reason: string; message: string };
+  | { kind: 'groupAbort'; reason: string; message: string }
+  /**
+   * The rollback found the target committed: armed to commit on its own verdict (status.commitOnVerify),
+   * it verified the stream and ran before the rollback reached it. It is the runner: finish instead.
+   */
+  | { kind: 'committed'; message: string };
 
 export interface Transition {
   readonly step: Step;
@@ -37,6 +42,8 @@ export interface Transition {
   readonly blocked?: { reason: string; message: string };
   /** What a group member waits for at a barrier. */
   readonly waiting?: string;
+  /** A rollback overtaken by the target's own commit: why, for the record; the failure is dropped. */
+  readonly overtaken?: string;
 }
 
 const TERMINAL: ReadonlySet<Step> = new Set(['Succeeded', 'RolledBack', 'Cancelled', 'Failed']);
@@ -81,6 +88,8 @@ export function next(step: Step, ev: Event): Transition {
       return { step: step === 'Streaming' ? 'Commit' : step };
     case 'waiting':
       return { step, waiting: ev.message };
+    case 'committed':
+      return step === 'RollBack' ? { step: 'Commit', overtaken: ev.message } : { step };
     case 'groupAbort':
       // The reconciler sends this only while the member's target has not run: up to ResumeTarget a
       // committed target still sits in STOP, and its commit can be taken back (agent uncommit).

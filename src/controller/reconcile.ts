@@ -226,7 +226,9 @@ export class Reconciler {
       const ev: Event = v.retry ? { kind: 'unknown', reason: v.reason, message: v.message } : { kind: 'invalid', reason: v.reason, message: v.message };
       return this.apply(m, status, 'Pending', next('Pending', ev), [], pass);
     }
-    const s: Status = { ...status, targetDevice: v.targetDevice, startedAt: new Date(this.now()).toISOString() };
+    // Alone, the target commits the moment it has verified the stream (no controller round trip in the
+    // downtime): the intent is recorded here, before PrepareTarget arms it. Group members commit together.
+    const s: Status = { ...status, targetDevice: v.targetDevice, startedAt: new Date(this.now()).toISOString(), ...(m.spec.group ? {} : { commitOnVerify: true }) };
     return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), [], pass);
   }
 
@@ -273,29 +275,35 @@ export class Reconciler {
     pass.writing = undefined;
     await behind;
     if (!pass.unsaved && JSON.stringify(s) === JSON.stringify(m.status ?? {})) return;
-    m.status = (await this.patchStatus(m.metadata.name, s)).status;
+    m.status = (await this.patchStatus(m.metadata.name, s, m.status)).status;
     pass.unsaved = false;
   }
 
   /** Starts the write and goes on; a failure surfaces at the next write or the end of the pass. */
   private saveBehind(m: DeviceMigration, s: Status, pass: Pass): void {
     const before = pass.writing ?? Promise.resolve();
+    const old = m.status;
     m.status = s;
     pass.unsaved = false;
-    pass.writing = before.then(async () => { await this.patchStatus(m.metadata.name, s); });
+    pass.writing = before.then(async () => { await this.patchStatus(m.metadata.name, s, old); });
     pass.writing.catch(() => undefined);
   }
 
-  /** Writes the status and remembers the version written (its watch event brings nothing new). */
-  private async patchStatus(name: string, s: Status): Promise<DeviceMigration> {
-    const updated = await this.d.kube.patchMigrationStatus(name, s);
+  /**
+   * Writes the status and remembers the version written (its watch event brings nothing new). A field
+   * `s` no longer has is removed (a merge patch keeps what it does not name, unless it is null).
+   */
+  private async patchStatus(name: string, s: Status, before: Status | undefined): Promise<DeviceMigration> {
+    const gone = Object.keys(before ?? {}).filter((k) => !(k in s)).map((k) => [k, null]);
+    const updated = await this.d.kube.patchMigrationStatus(name, { ...Object.fromEntries(gone), ...s } as Status);
     this.wrote(name, updated.metadata.resourceVersion);
     return updated;
   }
 
   private statusFor(m: DeviceMigration, status: Status, t: Transition, arcs: ArcRecord[]): Status {
     const precopy = Boolean(status.precopy) && !status.stopCopyAt;
-    const failure = t.failure ?? status.failure;
+    // A rollback overtaken by the target's commit did not fail: the migration finishes.
+    const failure = t.overtaken ? undefined : t.failure ?? status.failure;
     // While rolling back, the phase stays where it was: RolledBack (or Cancelled) is said only once the
     // source runs again; the Ready condition tells that a rollback is under way.
     const phase = t.step === 'RollBack' ? (status.phase ?? 'Pending') : phaseOf(t.step, precopy, failure);
@@ -308,6 +316,7 @@ export class Reconciler {
       conditions: this.conditions(m, status.conditions ?? [], t, phase),
       ...(failure ? { failure } : {}),
     };
+    if (!failure) delete s.failure;
     s.progress = progressOf(m.status?.progress, s, t.step);
     return s;
   }
@@ -357,6 +366,7 @@ export class Reconciler {
     }
     if (t.step === from) return;
     log.info({ from, to: t.step, failure: t.failure }, 'step');
+    if (t.overtaken) event('Warning', 'RollbackOvertaken', t.overtaken);
     const warn = t.step === 'RollBack' || t.step === 'Failed' || t.step === 'RolledBack';
     const phase = m.status?.phase;
     if (warn) event('Warning', t.failure?.reason ?? t.step, t.failure?.message ?? `${from} -> ${t.step}`);

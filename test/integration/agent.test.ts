@@ -128,6 +128,83 @@ describe('agent: a migration through the control API', () => {
     await expect(dst.commit('sim-0', req)).rejects.toMatchObject({ code: 'NotVerified' });
   });
 
+  it('an armed target commits and runs the moment its stream is verified; the commit op then answers what it did', async () => {
+    const before = await simDigest(simDir(source), 'sim-0');
+    const req = { migration: 'ma', op: 'commit', resume: true };
+    // Steps the target journals from the send on, with the device's state at each: nothing is written
+    // between the verdict and the commit's arcs (receive:waiting, on record before RESUMING was
+    // reported, is the intent; every write there would be downtime).
+    const seen: Array<[string, string]> = [];
+    const dev = target.ctx.devices.get('sim-0')!.device;
+    const step = target.ctx.journal.step.bind(target.ctx.journal);
+    const ticket = newTicket();
+    await dst.receive('sim-0', { migration: 'ma', op: 'prepare', ticket, sourceNode: 'node-a', commitOnVerify: { op: 'commit', resume: true } });
+    target.ctx.journal.step = async (device, change) => { seen.push([change.step ?? '', await dev.getState()]); return step(device, change); };
+    await src.send('sim-0', { migration: 'ma', op: 'send', ticket, target: { node: 'node-b', device: 'sim-0', endpoint: target.endpoint } });
+    // Nobody asks the target to commit: it runs on its own.
+    const ran = await until('the armed target to run', async () => ((await dst.device('sim-0')).step === 'state:RUNNING' ? true : undefined));
+    expect(ran).toBe(true);
+    expect(seen.filter(([x]) => x.startsWith('commit'))).toEqual([]);
+    expect(await simDigest(simDir(target), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
+    const c = await dst.commit('sim-0', req);
+    expect(c).toMatchObject({ replayed: true, state: 'RUNNING' });
+    expect(c.arcs.map((a) => `${a.from}>${a.to}:${a.result}`)).toEqual(['RESUMING>STOP:Succeeded', 'STOP>RUNNING_P2P:Succeeded', 'RUNNING_P2P>RUNNING:Succeeded']);
+    // Another op id, or other parameters, is no repeat of it: refused.
+    await expect(dst.commit('sim-0', { migration: 'ma', op: 'commit' })).rejects.toMatchObject({ status: 409, code: 'OpConflict' });
+    // The target is the runner: a rollback that comes now is refused, and changes nothing.
+    await expect(dst.cancel('ma', { op: 'cancel' })).rejects.toMatchObject({ status: 409, code: 'AlreadyCommitted' });
+    expect(await simDigest(simDir(target), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
+    // So too after a restart that lost the session and the commit's record: the journal still at
+    // receive:waiting (the armed commit writes nothing before its arcs), the device RUNNING.
+    const config = target.ctx.config;
+    dst.close();
+    await target.stop();
+    const file = join(config.stateDir, 'journal', 'sim-0.json');
+    const onDisk = JSON.parse(await readFile(file, 'utf8')) as { step: string; ops: Record<string, unknown> };
+    await writeFile(file, JSON.stringify({ ...onDisk, step: 'receive:waiting', ops: {} }));
+    target = await startAgent(config);
+    dst = controllerClient(target, pki);
+    expect(await dst.device('sim-0')).toMatchObject({ migration: 'ma', role: 'target', step: 'state:RUNNING', state: 'RUNNING' });
+    expect((await dst.migration('ma')).sessions).toEqual([expect.objectContaining({ device: 'sim-0', role: 'target', phase: 'Committed' })]);
+    await expect(dst.cancel('ma', { op: 'cancel' })).rejects.toMatchObject({ status: 409, code: 'AlreadyCommitted' });
+    // And the source, asked to cancel with every byte sent, asks the target, which says committed.
+    await expect(src.cancel('ma', { op: 'cancel' })).rejects.toMatchObject({ status: 409, code: 'OutcomeUnknown' });
+    expect((await src.device('sim-0')).state).toBe('STOP_COPY');
+  });
+
+  it('a cancel reaches a target whose session died with its agent, and does not take its RUNNING for a commit', async () => {
+    await migrate('mz');
+    await verified('mz');
+    await target.ctx.journal.settled('sim-0');
+    const config = target.ctx.config;
+    dst.close();
+    await target.stop();
+    // No fd holder here: the device was reset as the agent closed it, and comes back RUNNING, empty.
+    target = await startAgent(config);
+    dst = controllerClient(target, pki);
+    expect(await dst.device('sim-0')).toMatchObject({ migration: 'mz', state: 'RUNNING', step: 'receive:verified>reset' });
+    const tc = await dst.cancel('mz', { op: 'cancel' });
+    expect(tc.devices).toEqual([expect.objectContaining({ device: 'sim-0', role: 'target', state: 'RUNNING' })]);
+    expect(await dst.device('sim-0')).toMatchObject({ migration: 'mz', step: 'cancelled' });
+  });
+
+  it('a reset ends a verified session: no commit follows it', async () => {
+    await migrate('mx');
+    await verified('mx');
+    await dst.reset('sim-0', { migration: 'mx', op: 'reset' });
+    await expect(dst.commit('sim-0', { migration: 'mx', op: 'commit' })).rejects.toMatchObject({ status: 409, code: 'NotVerified' });
+    expect((await dst.device('sim-0')).state).toBe('RUNNING');
+  });
+
+  it('only the commit takes a device out of RESUMING: the state op refuses, and changes nothing', async () => {
+    await migrate('mr');
+    await verified('mr');
+    await target.ctx.journal.settled('sim-0');
+    await expect(dst.setState('sim-0', { migration: 'mr', op: 'run', state: 'RUNNING' })).rejects.toMatchObject({ status: 409, code: 'UseCommit' });
+    expect(await dst.device('sim-0')).toMatchObject({ state: 'RESUMING', step: 'receive:verified' });
+    await expect(dst.commit('sim-0', { migration: 'mr', op: 'commit' })).resolves.toMatchObject({ state: 'STOP' });
+  });
+
   it('the same op asked twice at once runs once, and both get its answer', async () => {
     await migrate('mc');
     await verified('mc');
@@ -137,14 +214,6 @@ describe('agent: a migration through the control API', () => {
     expect(a.arcs.map((x) => `${x.from}>${x.to}`)).toEqual(arcs);
     expect(b.arcs).toEqual(a.arcs);
     expect([a.replayed, b.replayed].filter(Boolean)).toHaveLength(1);
-  });
-
-  it('a reset ends a verified session: no commit follows it', async () => {
-    await migrate('mx');
-    await verified('mx');
-    await dst.reset('sim-0', { migration: 'mx', op: 'reset' });
-    await expect(dst.commit('sim-0', { migration: 'mx', op: 'commit' })).rejects.toMatchObject({ status: 409, code: 'NotVerified' });
-    expect((await dst.device('sim-0')).state).toBe('RUNNING');
   });
 
   it('a target agent that cannot be reached fails the send before the device stops', async () => {

@@ -39,6 +39,15 @@ async function create(name: string, spec: Record<string, unknown>): Promise<void
     body: { apiVersion: API_VERSION, kind: 'DeviceMigration', metadata: { name }, spec } });
 }
 
+/** The controller now running: the local environment's, or the one a test started after killing it. */
+const controllerPid = () => extraPids.at(-1) ?? env.controller.pid;
+const stopController = () => { process.kill(controllerPid(), 'SIGKILL'); };
+function startController(): void {
+  const child = spawn(process.execPath, [devmigBin, 'controller', '--config', env.controller.config], { stdio: 'ignore', detached: true });
+  extraPids.push(child.pid!);
+}
+const restartController = () => { stopController(); startController(); };
+
 async function finished(name: string, timeoutMs = 60_000): Promise<DeviceMigration> {
   return until(`${name} final`, async () => {
     const m = await kube.getMigration(name);
@@ -87,9 +96,11 @@ describe('migrations', () => {
     const m = await finished('move');
     await until('the last status seen by the watch', () => Promise.resolve(seen.at(-1)?.status?.phase === 'Succeeded'));
     watch.abort();
-    // Write-ahead: Commit was on record before the target committed (no RESUMING -> STOP arc yet).
-    const commit = seen.find((x) => x.status?.step === 'Commit');
-    expect(commit?.status?.arcs?.some((a) => a.device === 'target' && a.to === 'STOP' && a.from === 'RESUMING')).toBe(false);
+    // Write-ahead: the target commits on its own verdict (armed), and that intent was on record
+    // before the target was prepared (no arc of it yet).
+    const prepared = seen.find((x) => x.status?.step === 'PrepareTarget');
+    expect(prepared?.status).toMatchObject({ commitOnVerify: true });
+    expect(prepared?.status?.arcs ?? []).toEqual([]);
     // Steps whose replay is harmless are not written on their own: the target chosen, what the
     // stream does while a look waits, Commit, the target running (committedAt), the end.
     const recorded = [...new Set(seen.map((x) => x.status?.step).filter(Boolean))];
@@ -147,12 +158,40 @@ describe('migrations', () => {
     const before = await simDigest(simDir('node-2'), 'sim-0');
     await create('survive', { source: { node: 'node-2', device: 'sim-0' }, target: { node: 'node-1' }, strategy: 'StopCopy', limits: { bandwidth: '2Mi' } });
     await until('streaming', async () => (await kube.getMigration('survive'))?.status?.phase === 'StopCopy', 30_000, 50);
-    process.kill(env.controller.pid, 'SIGKILL');
-    const child = spawn(process.execPath, [devmigBin, 'controller', '--config', env.controller.config], { stdio: 'ignore', detached: true });
-    extraPids.push(child.pid!);
+    restartController();
     const m = await finished('survive', 120_000);
     expect(m.status?.phase).toBe('Succeeded');
     expect((await simDigest(simDir('node-1'), m.status!.targetDevice!)).sha256).toBe(before.sha256);
+  });
+
+  it('a rollback that finds the armed target committed and running finishes the migration instead', async () => {
+    const before = await simDigest(simDir('node-2'), 'sim-2');
+    await create('overtaken', { source: { node: 'node-2', device: 'sim-2' }, target: { node: 'node-1', device: 'sim-2' }, strategy: 'StopCopy', limits: { bandwidth: '2Mi' } });
+    await until('streaming', async () => (await kube.getMigration('overtaken'))?.status?.phase === 'StopCopy', 30_000, 50);
+    // No controller from here: the target verifies the stream and runs it on its own.
+    stopController();
+    await until('the target to run', async () => (await simDigest(simDir('node-1'), 'sim-2')).state === 'RUNNING', 30_000, 100);
+    expect((await simDigest(simDir('node-1'), 'sim-2')).sha256).toBe(before.sha256);
+    // A cancel now, read by the next controller before it learns of the verdict: it rolls back,
+    // asks the target first, hears that it runs the state, and finishes instead (never two runners).
+    const { setHeaderOptions } = await import('@kubernetes/client-node');
+    await kube.custom.patchClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'devicemigrations', name: 'overtaken',
+      body: { spec: { cancel: true } } }, setHeaderOptions('Content-Type', 'application/merge-patch+json'));
+    startController();
+    const m = await finished('overtaken');
+    expect(m.status?.phase).toBe('Succeeded');
+    expect(m.status?.failure).toBeUndefined();
+    expect(m.status?.conditions?.find((c) => c.type === 'Cancelled')).toMatchObject({ status: 'False', reason: 'TooLateToCancel' });
+    expect(m.status?.conditions?.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Succeeded' });
+    expect(m.status?.downtimeMs).toBeGreaterThan(0);
+    expect(await simDigest(simDir('node-1'), 'sim-2')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
+    expect((await simDigest(simDir('node-2'), 'sim-2')).state).not.toBe('RUNNING');
+    expect(m.status!.arcs!.filter((a) => a.device === 'source' && a.to === 'RUNNING')).toEqual([]);
+    const events = await until('a RollbackOvertaken event', async () => {
+      const items = (await kube.core.listNamespacedEvent({ namespace: 'default', fieldSelector: 'involvedObject.name=overtaken' })).items;
+      return items.some((e) => e.reason === 'RollbackOvertaken') ? items : undefined;
+    });
+    expect(events.find((e) => e.reason === 'RollbackOvertaken')?.message).toMatch(/committed on its own verdict .*Cancelled/);
   });
 });
 

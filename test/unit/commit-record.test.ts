@@ -7,7 +7,15 @@ it.each([
   ['commit:intent', 'RUNNING', true],
   ['commit:intent', 'RESUMING', false],
   ['commit:intent', 'ERROR', false],
-  // So is a target whose stream was verified: a cancel or reset journals before it moves the device.
+  // So is a target from the moment it is RESUMING (receive:waiting is written once it is): a cancel or
+  // reset journals before it moves the device, the state op refuses RESUMING, and the commit (armed,
+  // run the moment the stream is verified) writes nothing before its arcs.
+  ['receive:waiting', 'STOP', true],
+  ['receive:waiting', 'RUNNING', true],
+  ['receive:waiting', 'RESUMING', false],
+  ['receive:streaming', 'STOP', true],
+  ['receive:streaming', 'RESUMING', false],
+  ['receive:waiting>interrupted', 'RUNNING', false],
   ['receive:verified', 'STOP', true],
   ['receive:verified', 'RUNNING', true],
   ['receive:verified', 'RESUMING', false],
@@ -19,7 +27,6 @@ it.each([
   ['state:RUNNING', 'RUNNING', true],
   // A target caught between the arcs of its preparation is in STOP too: not a commit.
   ['receive:prepare', 'STOP', false],
-  ['receive:streaming', 'STOP', false],
   ['commit:failed', 'ERROR', false],
   [undefined, 'RUNNING', false],
 ])('journal step %s with the device in %s: committed is %s', (step, state, want) => {

@@ -67,6 +67,13 @@ describe('migration state machine', () => {
     expect(pastCommit('Streaming')).toBe(false);
   });
 
+  it('a rollback that finds the target committed (armed, it ran on its own verdict) finishes instead', () => {
+    const committed = { kind: 'committed', message: 'the target committed first' } as const;
+    expect(next('RollBack', committed)).toEqual({ step: 'Commit', overtaken: 'the target committed first' });
+    // Anywhere else the event changes nothing: only a rollback asks the target to give the state up.
+    for (const s of ['Streaming', 'Commit', 'ResumeTarget', 'RolledBack'] as Step[]) expect(next(s, committed)).toEqual({ step: s });
+  });
+
   it('phases for people', () => {
     expect(phaseOf('Streaming', true)).toBe('PreCopy');
     expect(phaseOf('Streaming', false)).toBe('StopCopy');
