@@ -30,8 +30,8 @@ export async function prepareReceive(ctx: AgentContext, device: string, req: Rec
       ...(req.commitOnVerify ? { commitOnVerify: req.commitOnVerify } : {}),
     };
     ctx.sessions.put(session);
-    await ctx.journal.step(device, { step: 'receive:waiting' });
-    return arcsReply(r);
+    // receive:waiting is durable with the op's answer (one write), so before any stream can come.
+    return { ...arcsReply(r), step: 'receive:waiting' };
   }));
 }
 

@@ -48,7 +48,9 @@ interface Pass {
 interface Applied { moved: boolean; requeueAfterMs?: number }
 /**
  * Forward moves not written on their own (see apply): the source stopping is undone by a rollback
- * whatever the record says, and after Commit nothing can go back.
+ * whatever the record says, and after Commit nothing can go back. Nor is Commit, when the target is
+ * armed (status.commitOnVerify, the commit's intent, recorded before it was prepared): the Commit
+ * step's op only reads what the target did, and a rollback asks the target before it acts.
  */
 const UNRECORDED: ReadonlySet<string> = new Set(['PrepareTarget>StartSend', 'StartSend>Streaming', 'ResumeTarget>ReleaseSource']);
 /** Records of what already happened, written while the next step goes on: the target runs (committedAt, downtime). */
@@ -257,7 +259,7 @@ export class Reconciler {
   private async apply(m: DeviceMigration, status: Status, from: Step, t: Transition, arcs: ArcRecord[], pass: Pass): Promise<Applied> {
     const s = this.statusFor(m, status, t, arcs);
     const plain = !m.spec.group && !t.failure && !t.blocked;
-    if (plain && UNRECORDED.has(`${from}>${t.step}`)) {
+    if (plain && (UNRECORDED.has(`${from}>${t.step}`) || (from === 'Streaming' && t.step === 'Commit' && status.commitOnVerify))) {
       m.status = s;
       pass.unsaved = true;
     } else if (plain && BEHIND.has(`${from}>${t.step}`)) {
