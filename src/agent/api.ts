@@ -17,6 +17,14 @@ const base = { migration: objectName, op: opName };
 
 export const setStateRequest = z.strictObject({ ...base, state: stateName });
 export const resetRequest = z.strictObject({ ...base });
+export const releaseRequest = z.strictObject({
+  ...base,
+  /**
+   * First walk the device to STOP (a source whose state now runs on its target), in the same op and
+   * the same journal write as the release: one fsync, not three.
+   */
+  stop: z.boolean().optional(),
+});
 export const receiveRequest = z.strictObject({
   ...base,
   ticket,
@@ -51,6 +59,7 @@ export const cancelRequest = z.strictObject({ op: opName, reason: z.string().max
 
 export type SetStateRequest = z.infer<typeof setStateRequest>;
 export type ResetRequest = z.infer<typeof resetRequest>;
+export type ReleaseRequest = z.infer<typeof releaseRequest>;
 export type ReceiveRequest = z.infer<typeof receiveRequest>;
 export type SendRequest = z.input<typeof sendRequest>;
 export type CommitRequest = z.infer<typeof commitRequest>;

@@ -5,7 +5,7 @@
 import { connect, type ClientHttp2Session } from 'node:http2';
 import { once } from 'node:events';
 import type {
-  CancelRequest, CommitRequest, DeviceView, ReceiveRequest, ResetRequest, SendRequest, SessionView, SetStateRequest,
+  CancelRequest, CommitRequest, DeviceView, ReceiveRequest, ReleaseRequest, ResetRequest, SendRequest, SessionView, SetStateRequest,
 } from './api.js';
 import type { ArcResult } from '../vfio/device.js';
 import { clientOptions, type TlsMaterial } from '../relay/h2.js';
@@ -39,7 +39,7 @@ export class AgentClient {
   device = (d: string) => this.call<DeviceView>('GET', `/v1/devices/${enc(d)}`);
   setState = (d: string, r: SetStateRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/state`, r);
   reset = (d: string, r: ResetRequest) => this.call<{ state: string }>('POST', `/v1/devices/${enc(d)}/reset`, r);
-  release = (d: string, r: ResetRequest) => this.call<{ released: boolean }>('POST', `/v1/devices/${enc(d)}/release`, r);
+  release = (d: string, r: ReleaseRequest) => this.call<{ released: boolean } & Partial<ArcsAnswer>>('POST', `/v1/devices/${enc(d)}/release`, r);
   receive = (d: string, r: ReceiveRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/receive`, r);
   send = (d: string, r: SendRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/send`, r);
   commit = (d: string, r: CommitRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/commit`, r);

@@ -24,6 +24,8 @@ export interface Reply {
   readonly body: unknown;
   /** For an op: the journal step to record with its answer, in the same durable write. */
   readonly step?: string;
+  /** For an op: the migration lets go of the device with this answer, in the same durable write. */
+  readonly release?: boolean;
 }
 
 export function deviceOf(ctx: AgentContext, name: string): ManagedDevice {
@@ -75,7 +77,8 @@ export async function once(ctx: AgentContext, device: string, migration: string,
   }
   const reply = (async () => {
     const r = await act();
-    await ctx.journal.recordOp(device, migration, { op, request: hash, status: r.status, result: r.body, at: new Date().toISOString() }, r.step);
+    const rec = { op, request: hash, status: r.status, result: r.body, at: new Date().toISOString() };
+    await (r.release ? ctx.journal.release(device, migration, rec) : ctx.journal.recordOp(device, migration, rec, r.step));
     return r;
   })();
   table.set(key, { hash, reply });

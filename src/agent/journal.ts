@@ -76,10 +76,14 @@ export class Journal {
     await this.update(device, (e) => ({ ...e, ...(step ? { step } : {}), ops: { ...e.ops, [`${migration}/${rec.op}`]: rec } }));
   }
 
-  /** The migration let go of the device: ops of other migrations are dropped, this one's kept for replays. */
-  async release(device: string, migration: string): Promise<void> {
+  /**
+   * The migration let go of the device: ops of other migrations are dropped, this one's kept for
+   * replays (with `rec`, the answer of the op that released it, in the same write).
+   */
+  async release(device: string, migration: string, rec?: OpRecord): Promise<void> {
     await this.update(device, (e) => ({
-      device, ops: Object.fromEntries(Object.entries(e.ops).filter(([k]) => k.startsWith(`${migration}/`))), step: `released:${migration}`,
+      device, step: `released:${migration}`,
+      ops: { ...Object.fromEntries(Object.entries(e.ops).filter(([k]) => k.startsWith(`${migration}/`))), ...(rec ? { [`${migration}/${rec.op}`]: rec } : {}) },
     }));
   }
 

@@ -2,7 +2,7 @@
  * Role-neutral operations: drive a device to a state, reset it, release it from a migration, report
  * it, and cancel a migration on this node with both devices left in states the answer reports.
  */
-import type { DeviceView, ResetRequest, SessionView, SetStateRequest, CancelRequest } from './api.js';
+import type { DeviceView, ReleaseRequest, ResetRequest, SessionView, SetStateRequest, CancelRequest } from './api.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
 import { AgentError } from './errors.js';
 import { finish, isActive, viewOf } from './sessions.js';
@@ -39,13 +39,27 @@ export async function reset(ctx: AgentContext, device: string, req: ResetRequest
   }));
 }
 
-export async function release(ctx: AgentContext, device: string, req: ResetRequest): Promise<Reply> {
-  deviceOf(ctx, device);
+export async function release(ctx: AgentContext, device: string, req: ReleaseRequest): Promise<Reply> {
+  const d = deviceOf(ctx, device);
   claim(ctx, device, req.migration);
-  const active = ctx.sessions.forDevice(device);
-  if (active) throw new AgentError(409, 'DeviceBusy', `device ${device} still has a ${active.phase} session of ${active.migration}; cancel it first`);
-  await ctx.journal.release(device, req.migration);
-  return { status: 200, body: { released: true } };
+  const idle = () => {
+    const active = ctx.sessions.forDevice(device);
+    if (active) throw new AgentError(409, 'DeviceBusy', `device ${device} still has a ${active.phase} session of ${active.migration}; cancel it first`);
+  };
+  if (!req.stop) {
+    idle();
+    await ctx.journal.release(device, req.migration);
+    return { status: 200, body: { released: true } };
+  }
+  // STOP, then released, with the answer (its arcs) in the release's own journal write. Nothing is
+  // journaled before the arc: STOP is no runner, and a replay walks from wherever the device is.
+  return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    idle();
+    const now = await d.device.getState();
+    const r = now === 'STOP' ? { arcs: [], state: now } : await d.device.setState('STOP');
+    if (r.error) return arcsReply(r);
+    return { ...arcsReply(r, { released: true }), release: true };
+  }));
 }
 
 export async function deviceView(ctx: AgentContext, name: string): Promise<DeviceView> {

@@ -8,7 +8,7 @@ import type { TLSSocket } from 'node:tls';
 import { z } from 'zod';
 import { serverOptions } from '../relay/h2.js';
 import { captureTrailers } from '../relay/receiver.js';
-import { cancelRequest, commitRequest, objectName, receiveRequest, resetRequest, sendRequest, setStateRequest } from './api.js';
+import { cancelRequest, commitRequest, releaseRequest, objectName, receiveRequest, resetRequest, sendRequest, setStateRequest } from './api.js';
 import type { AgentContext, Reply } from './context.js';
 import { AgentError, badRequest } from './errors.js';
 import { AuthError, describeIdentity, identify, type Identity } from './identity.js';
@@ -60,7 +60,7 @@ const routes: Route[] = [
   { method: 'GET', path: /^\/v1\/devices\/([^/]+)$/, who: 'cluster', handle: async (ctx, r) => ({ status: 200, body: await deviceView(ctx, r.params[0]!) }) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/state$/, who: 'controller', handle: (ctx, r) => setState(ctx, r.params[0]!, json(setStateRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/reset$/, who: 'controller', handle: (ctx, r) => reset(ctx, r.params[0]!, json(resetRequest, r.body)) },
-  { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/release$/, who: 'controller', handle: (ctx, r) => release(ctx, r.params[0]!, json(resetRequest, r.body)) },
+  { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/release$/, who: 'controller', handle: (ctx, r) => release(ctx, r.params[0]!, json(releaseRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/receive$/, who: 'controller', handle: (ctx, r) => prepareReceive(ctx, r.params[0]!, json(receiveRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/send$/, who: 'controller', handle: (ctx, r) => startSend(ctx, r.params[0]!, json(sendRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/commit$/, who: 'controller', handle: (ctx, r) => commit(ctx, r.params[0]!, json(commitRequest, r.body)) },

@@ -318,16 +318,13 @@ async function targetVerified(c: StepContext): Promise<boolean> {
   }
 }
 
-/** The source stopped and released, and the target released: the two nodes at once. */
+/** The source stopped and released (one op), and the target released: the two nodes at once. */
 async function release(c: StepContext): Promise<Outcome> {
   const name = c.m.metadata.name;
-  const source = async (): Promise<Outcome> => {
-    const stop = await call('source', () => c.peers.source.setState(c.m.spec.source.device, { migration: name, op: 'stop', state: 'STOP' }));
-    if (stop.event.kind !== 'ok') return stop;
-    const a = await call('source', () => c.peers.source.release(c.m.spec.source.device, { migration: name, op: 'release' }));
-    return { ...a, arcs: stop.arcs ?? [] };
-  };
-  const [s, t] = await Promise.all([source(), call('target', () => c.peers.target.release(c.targetDevice, { migration: name, op: 'release' }))]);
+  const [s, t] = await Promise.all([
+    call('source', () => c.peers.source.release(c.m.spec.source.device, { migration: name, op: 'release-stop', stop: true })),
+    call('target', () => c.peers.target.release(c.targetDevice, { migration: name, op: 'release' })),
+  ]);
   return s.event.kind !== 'ok' ? s : { ...t, arcs: s.arcs ?? [] };
 }
 

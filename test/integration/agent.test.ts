@@ -73,6 +73,17 @@ describe('agent: a migration through the control API', () => {
     expect((await dst.device('sim-0'))).toMatchObject({ migration: 'm1', role: 'target', step: 'state:RUNNING' });
     await dst.release('sim-0', { migration: 'm1', op: 'release' });
     expect((await dst.device('sim-0')).migration).toBeUndefined();
+    // The source: to STOP and released in one op, its answer in the release's one journal write.
+    let writes = 0;
+    const update = source.ctx.journal.release.bind(source.ctx.journal);
+    source.ctx.journal.release = async (...args) => { writes++; return update(...args); };
+    const rs = await src.release('sim-0', { migration: 'm1', op: 'release-stop', stop: true });
+    expect(rs).toMatchObject({ released: true, state: 'STOP' });
+    expect(rs.arcs?.map((a) => `${a.from}>${a.to}:${a.result}`)).toEqual(['STOP_COPY>STOP:Succeeded']);
+    expect(writes).toBe(1);
+    expect(await src.device('sim-0')).toMatchObject({ state: 'STOP', step: 'released:m1' });
+    expect((await src.device('sim-0')).migration).toBeUndefined();
+    expect(await src.release('sim-0', { migration: 'm1', op: 'release-stop', stop: true })).toEqual({ ...rs, replayed: true });
   });
 
   it('commits and runs in one op when asked (resume), and a replay answers the same', async () => {
