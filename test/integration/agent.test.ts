@@ -46,6 +46,24 @@ async function migrate(m: string, device = 'sim-0', extra: Record<string, unknow
   return { ticket, prep, send };
 }
 
+/**
+ * Restarts the target agent, as after a crash: with `step`, its journal of sim-0 first says that step
+ * and has no op records; `meanwhile` runs while no agent is up.
+ */
+async function restartTarget(step?: string, meanwhile?: () => Promise<void>) {
+  const config = target.ctx.config;
+  dst.close();
+  await target.stop();
+  if (step) {
+    const file = join(config.stateDir, 'journal', 'sim-0.json');
+    const onDisk = JSON.parse(await readFile(file, 'utf8')) as object;
+    await writeFile(file, JSON.stringify({ ...onDisk, step, ops: {} }));
+  }
+  await meanwhile?.();
+  target = await startAgent(config);
+  dst = controllerClient(target, pki);
+}
+
 async function verified(m: string) {
   return until(`${m} verified`, async () => {
     const v = await src.migration(m);
@@ -115,26 +133,15 @@ describe('agent: a migration through the control API', () => {
     await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
     // The same journal read by a restarted agent: the device's RUNNING settles it as committed and run
     // (before, a verified or commit:intent target in anything but STOP was taken for uncommitted).
-    const config = target.ctx.config;
-    dst.close();
-    await target.stop();
-    const file = join(config.stateDir, 'journal', 'sim-0.json');
-    const onDisk = JSON.parse(await readFile(file, 'utf8')) as { step: string; ops: Record<string, unknown> };
-    await writeFile(file, JSON.stringify({ ...onDisk, step: 'receive:verified', ops: {} }));
-    target = await startAgent(config);
-    dst = controllerClient(target, pki);
+    await restartTarget('receive:verified');
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', role: 'target', step: 'state:RUNNING', state: 'RUNNING' });
     await expect(dst.commit('sim-0', req)).resolves.toMatchObject({ state: 'RUNNING', recovered: true, arcs: [] });
     // Now the agent and whatever kept the device open died between the verdict and the commit arc:
     // the device (still RESUMING) was reset on its last close and comes back RUNNING, empty. That
     // RUNNING is no commit: the replay must refuse, so the controller rolls back to the source.
-    dst.close();
-    await target.stop();
-    await writeFile(file, JSON.stringify({ ...onDisk, step: 'receive:verified', ops: {} }));
     const meta = join(simDir(target), 'sim-0', 'device.json');
-    await writeFile(meta, JSON.stringify({ ...(JSON.parse(await readFile(meta, 'utf8')) as object), state: 'RESUMING' }));
-    target = await startAgent(config);
-    dst = controllerClient(target, pki);
+    await restartTarget('receive:verified', async () =>
+      writeFile(meta, JSON.stringify({ ...(JSON.parse(await readFile(meta, 'utf8')) as object), state: 'RESUMING' })));
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'm1r', step: 'receive:verified>reset', state: 'RUNNING' });
     await expect(dst.commit('sim-0', req)).rejects.toMatchObject({ code: 'NotVerified' });
   });
@@ -167,14 +174,7 @@ describe('agent: a migration through the control API', () => {
     expect(await simDigest(simDir(target), 'sim-0')).toMatchObject({ state: 'RUNNING', sha256: before.sha256 });
     // So too after a restart that lost the session and the commit's record: the journal still at
     // receive:waiting (the armed commit writes nothing before its arcs), the device RUNNING.
-    const config = target.ctx.config;
-    dst.close();
-    await target.stop();
-    const file = join(config.stateDir, 'journal', 'sim-0.json');
-    const onDisk = JSON.parse(await readFile(file, 'utf8')) as { step: string; ops: Record<string, unknown> };
-    await writeFile(file, JSON.stringify({ ...onDisk, step: 'receive:waiting', ops: {} }));
-    target = await startAgent(config);
-    dst = controllerClient(target, pki);
+    await restartTarget('receive:waiting');
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'ma', role: 'target', step: 'state:RUNNING', state: 'RUNNING' });
     expect((await dst.migration('ma')).sessions).toEqual([expect.objectContaining({ device: 'sim-0', role: 'target', phase: 'Committed' })]);
     await expect(dst.cancel('ma', { op: 'cancel' })).rejects.toMatchObject({ status: 409, code: 'AlreadyCommitted' });
@@ -187,12 +187,8 @@ describe('agent: a migration through the control API', () => {
     await migrate('mz');
     await verified('mz');
     await target.ctx.journal.settled('sim-0');
-    const config = target.ctx.config;
-    dst.close();
-    await target.stop();
     // No fd holder here: the device was reset as the agent closed it, and comes back RUNNING, empty.
-    target = await startAgent(config);
-    dst = controllerClient(target, pki);
+    await restartTarget();
     expect(await dst.device('sim-0')).toMatchObject({ migration: 'mz', state: 'RUNNING', step: 'receive:verified>reset' });
     const tc = await dst.cancel('mz', { op: 'cancel' });
     expect(tc.devices).toEqual([expect.objectContaining({ device: 'sim-0', role: 'target', state: 'RUNNING' })]);
