@@ -46,9 +46,10 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
   session.ticketUsed = true;
   session.phase = 'Streaming';
   // receive:streaming is what a person reads; a restart treats a stream it lost the same at
-  // receive:waiting (interrupted; the commit needs the live session). So it is written only for a
-  // stream still running after STREAMING_NOTE_MS: a short one goes straight to receive:verified, the
-  // commit's intent, whose write the commit waits for, one fsync sooner. Neither holds up a byte.
+  // receive:waiting (interrupted; the commit needs the live session), and both are ARMED steps. So
+  // it is written only for a stream still running after STREAMING_NOTE_MS: a short one goes straight
+  // to receive:verified, one fsync fewer on a disk the commit's answer waits on. Neither write holds
+  // up a byte or the commit.
   const streaming = setTimeout(() => note(ctx, session.device, 'receive:streaming'), STREAMING_NOTE_MS);
   try {
     const got = await receiveStream(stream, session.resume, {

@@ -109,8 +109,9 @@ describe('agent: a migration through the control API', () => {
     await migrate('m1r');
     await src.migration('m1r', 2000);
     const req = { migration: 'm1r', op: 'commit', resume: true };
-    // The commit's intent is the journal's receive:verified, written as the stream ended: the op
-    // itself writes nothing before its arcs (every write there is downtime), only its answer after.
+    // The commit's intent is on record since the device entered RESUMING (receive:waiting; here the
+    // journal already says receive:verified): the op itself writes nothing before its arcs (every
+    // write there is downtime), only its answer after.
     const steps: string[] = [];
     const step = target.ctx.journal.step.bind(target.ctx.journal);
     target.ctx.journal.step = async (device, change) => { steps.push(change.step ?? ''); return step(device, change); };
