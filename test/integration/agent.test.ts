@@ -376,6 +376,11 @@ describe('agent: bad input changes nothing', () => {
     ['path traversal', '/v1/devices/..%2F..%2Fetc/state', { migration: 'm', op: 'a', state: 'STOP' }, 400, /lowercase DNS name/],
     ['a bad ticket', '/v1/devices/sim-0/receive', { migration: 'm', op: 'a', ticket: 'short', sourceNode: 'node-a' }, 400, /ticket/],
     ['a commit whose resume is not a boolean', '/v1/devices/sim-0/commit', { migration: 'm', op: 'a', resume: 'yes' }, 400, /resume/],
+    ['an armed commit with a bad op id', '/v1/devices/sim-0/receive',
+      { migration: 'm', op: 'a', ticket: 'A'.repeat(43), sourceNode: 'node-a', commitOnVerify: { op: 'Commit Now', resume: true } }, 400, /commitOnVerify\.op/],
+    ['an armed commit with an unknown field', '/v1/devices/sim-0/receive',
+      { migration: 'm', op: 'a', ticket: 'A'.repeat(43), sourceNode: 'node-a', commitOnVerify: { op: 'commit', now: true } }, 400, /now/],
+    ['a release whose stop is not a boolean', '/v1/devices/sim-0/release', { migration: 'm', op: 'a', stop: 'yes' }, 400, /stop/],
   ] as const)('%s', async (_what, path, body, status, why) => {
     const r = await raw(path, JSON.stringify(body));
     expect(r.status).toBe(status);
