@@ -77,11 +77,11 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
     const started = performance.now();
     await a.send('sim-0', { migration: 'bench', op: 'send', ticket, target: { node: 'node-b', device: 'sim-0', endpoint: agents[1]!.endpoint } });
     let bytes = 0;
+    // The long poll answers the moment the send ends: no polling in the agent's way while it streams.
     for (;;) {
-      const s = (await a.migration('bench')).sessions[0];
+      const s = (await a.migration('bench', 2000)).sessions[0];
       if (s?.phase === 'Verified') { bytes = s.bytes; break; }
       if (s?.phase === 'Failed') throw new Error(`relay failed: ${s.error?.message}`);
-      await new Promise((r) => setTimeout(r, 10));
     }
     const seconds = (performance.now() - started) / 1000;
     const rss = await Promise.all(agents.map((x) => peakRss(x.child.pid!)));
