@@ -1,12 +1,15 @@
 /**
  * `npm run bench:relay -- --size 1Gi -o json`: moves a simulated device's state between two agent
  * processes over TLS on loopback, then the same number of bytes through a plain TLS socket pipe between
- * two processes (same crypto, no HTTP/2, no digest, no device), and compares.
+ * two processes (same crypto, no HTTP/2, no digest, no device), and compares. Two more stages move the
+ * same bytes through less of the relay (node:http2 alone; the relay's code with no device behind it),
+ * so each run shows which part of the agents' time the baseline does not spend.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createSecureServer } from 'node:http2';
 import { connect as tlsConnect, createServer as tlsServer } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -15,7 +18,11 @@ import { AGENT_NODE_FLAGS } from '../agent/config.js';
 import { newTicket } from '../agent/identity.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { issue, load, type Material } from '../local/pki.js';
-import { DEFAULT_DIGEST } from '../relay/digest.js';
+import { DEFAULT_DIGEST, type DigestAlgorithm } from '../relay/digest.js';
+import { serverOptions } from '../relay/h2.js';
+import { captureTrailers, receiveStream } from '../relay/receiver.js';
+import { connectTarget, sendStream } from '../relay/sender.js';
+import type { ResumeStream, SaveStream } from '../vfio/device.js';
 import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 
 const self = fileURLToPath(import.meta.url);
@@ -27,8 +34,7 @@ async function main(): Promise<void> {
     options: { size: { type: 'string', default: '1Gi' }, output: { type: 'string', short: 'o' }, digest: { type: 'string', default: DEFAULT_DIGEST },
       role: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string' }, dir: { type: 'string' } },
   });
-  if (values.role === 'tls-sink') return tlsSink(values.dir!);
-  if (values.role === 'tls-source') return tlsSource(values.dir!, Number(values.port), Number(values.bytes));
+  if (values.role) return role(values.role, values.dir!, Number(values.port), Number(values.bytes), values.digest as DigestAlgorithm);
   const size = parseQuantity(values.size, '--size');
   const json = values.output === 'json';
   const say = (t: string) => { if (!json) process.stderr.write(`${t}\n`); };
@@ -41,13 +47,21 @@ async function main(): Promise<void> {
     const perGiB = (cpu: number[]) => cpu.map((c) => round(c / (relay.bytes / 2 ** 30), 2));
     say(`relay: ${relay.MBps.toFixed(0)} MB/s, agent peak RSS ${relay.peakRssMB.toFixed(0)} MB (source ${relay.rss[0]!.toFixed(0)}, target ${relay.rss[1]!.toFixed(0)}), ` +
       `CPU s/GiB source ${perGiB(relay.cpu)[0]}, target ${perGiB(relay.cpu)[1]}`);
-    const baseline = await baselineRun(dir, relay.bytes);
+    const baseline = await pairRun(dir, 'tls', relay.bytes, values.digest);
     say(`baseline TLS pipe: ${baseline.MBps.toFixed(0)} MB/s, CPU s/GiB source ${perGiB(baseline.cpu)[0]}, sink ${perGiB(baseline.cpu)[1]}`);
+    const h2 = await pairRun(dir, 'h2', relay.bytes, values.digest);
+    say(`node:http2 alone: ${h2.MBps.toFixed(0)} MB/s, CPU s/GiB source ${perGiB(h2.cpu)[0]}, sink ${perGiB(h2.cpu)[1]}`);
+    const code = await pairRun(dir, 'relay', relay.bytes, values.digest);
+    say(`relay code, no devices: ${code.MBps.toFixed(0)} MB/s, CPU s/GiB source ${perGiB(code.cpu)[0]}, target ${perGiB(code.cpu)[1]}`);
+    const stage = (x: { MBps: number; cpu: number[] }) => ({ MBps: round(x.MBps), ratio: round(x.MBps / baseline.MBps, 3), cpu_s_per_GiB: perGiB(x.cpu) });
     const out = {
       bytes: relay.bytes, relay_MBps: round(relay.MBps), baseline_MBps: round(baseline.MBps), ratio: round(relay.MBps / baseline.MBps, 3),
       agent_peak_rss_MB: round(relay.peakRssMB), digest: values.digest,
       // Where the time goes on a CPU-bound machine: CPU seconds per GiB moved, each side.
       cpu_s_per_GiB: { relay: perGiB(relay.cpu), baseline: perGiB(baseline.cpu) },
+      // The same bytes through less of the relay, each against the same baseline: node:http2 alone,
+      // then the relay's code (digest included) with no device behind either end.
+      stages: { h2: stage(h2), relay_code: stage(code) },
     };
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } finally {
@@ -119,32 +133,65 @@ async function peakRss(pid: number): Promise<number> {
   return kb / 1024;
 }
 
-/** The baseline: one process writes `bytes` into a TLS socket, the other reads and drops them. */
-async function baselineRun(dir: string, bytes: number): Promise<{ MBps: number; cpu: number[] }> {
-  const sink = spawn(process.execPath, [self, '--role', 'tls-sink', '--dir', join(dir, 'pki')], { stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * A pair of processes, `<kind>-sink` and `<kind>-source`, moving `bytes`: the sink prints its port,
+ * the source connects and prints "MB/s cpu-seconds", the sink prints its CPU seconds when the stream ends.
+ *   tls    the baseline: a plain TLS socket pipe (same crypto, no HTTP/2, no digest, no device)
+ *   h2     node:http2 with the agents' settings (windows, frame size, session memory), nothing else
+ *   relay  the relay's own code (sendStream, receiveStream: chunking, backpressure, batching, digest,
+ *          trailers) between a source that copies from memory and a target that drops: no device
+ * Between them they say where the agents' time goes that the baseline does not spend.
+ */
+async function pairRun(dir: string, kind: 'tls' | 'h2' | 'relay', bytes: number, digest: string): Promise<{ MBps: number; cpu: number[] }> {
+  const args = (role: string) => [self, '--role', `${kind}-${role}`, '--dir', join(dir, 'pki'), '--digest', digest];
+  // The baseline runs as a plain node; the HTTP/2 stages with the agents' flags, as agents would.
+  const flags = kind === 'tls' ? [] : AGENT_NODE_FLAGS;
+  const sink = spawn(process.execPath, [...flags, ...args('sink')], { stdio: ['ignore', 'pipe', 'inherit'] });
   const sinkExit = once(sink, 'exit');
   const [line] = (await once(sink.stdout, 'data')) as [Buffer];
   const port = Number(line.toString().trim());
-  const source = spawn(process.execPath, [self, '--role', 'tls-source', '--dir', join(dir, 'pki'), '--port', String(port), '--bytes', String(bytes)],
+  const source = spawn(process.execPath, [...flags, ...args('source'), '--port', String(port), '--bytes', String(bytes)],
     { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   source.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   let sunk = '';
   sink.stdout.on('data', (d: Buffer) => { sunk += d.toString(); });
-  await once(source, 'exit');
+  const [code] = (await once(source, 'exit')) as [number | null];
   // The sink reports its CPU time and exits when the stream ends; a sink that never saw the end goes.
   const stuck = setTimeout(() => sink.kill(), 10_000);
   await sinkExit;
   clearTimeout(stuck);
+  if (code !== 0) throw new Error(`the ${kind} source failed (exit ${code})`);
   const [MBps, sourceCpu] = out.trim().split(' ').map(Number) as [number, number];
   return { MBps, cpu: [sourceCpu, Number(sunk.trim())] };
 }
 
+function role(name: string, pki: string, port: number, bytes: number, digest: DigestAlgorithm): Promise<void> {
+  switch (name) {
+    case 'tls-sink': return tlsSink(pki);
+    case 'tls-source': return tlsSource(pki, port, bytes);
+    case 'h2-sink': return h2Sink(pki, 'h2', digest);
+    case 'h2-source': return h2Source(pki, 'h2', port, bytes, digest);
+    case 'relay-sink': return h2Sink(pki, 'relay', digest);
+    case 'relay-source': return h2Source(pki, 'relay', port, bytes, digest);
+    default: throw new Error(`--role ${name}: unknown (an internal flag of the benchmark)`);
+  }
+}
+
 const cpuSince = (c: NodeJS.CpuUsage) => { const u = process.cpuUsage(c); return (u.user + u.system) / 1e6; };
 
+/** The sink's TLS material (agent-node-b's, valid for 127.0.0.3) and the source's (agent-node-a's). */
+const material = (pki: string, node: 'node-a' | 'node-b') =>
+  load({ ca: join(pki, 'ca.crt'), cert: join(pki, `agent-${node}.crt`), key: join(pki, `agent-${node}.key`) });
+const SINK_HOST = '127.0.0.3';
+
+/** Listens on SINK_HOST, prints the port; `done` prints the CPU seconds of the stream and closes. */
+function listening(server: { listen(port: number, host: string, cb: () => void): unknown; address(): unknown }): void {
+  server.listen(0, SINK_HOST, () => process.stdout.write(`${(server.address() as { port: number }).port}\n`));
+}
+
 async function tlsSink(pki: string): Promise<void> {
-  const m = await load({ ca: join(pki, 'ca.crt'), cert: join(pki, 'agent-node-b.crt'), key: join(pki, 'agent-node-b.key') });
-  const server = tlsServer({ ...m, requestCert: true, rejectUnauthorized: true }, (sock) => {
+  const server = tlsServer({ ...await material(pki, 'node-b'), requestCert: true, rejectUnauthorized: true }, (sock) => {
     const cpu = process.cpuUsage();
     sock.resume();
     sock.on('end', () => {
@@ -153,12 +200,11 @@ async function tlsSink(pki: string): Promise<void> {
       server.close();
     });
   });
-  server.listen(0, '127.0.0.3', () => process.stdout.write(`${(server.address() as { port: number }).port}\n`));
+  listening(server);
 }
 
 async function tlsSource(pki: string, port: number, bytes: number): Promise<void> {
-  const m = await load({ ca: join(pki, 'ca.crt'), cert: join(pki, 'agent-node-a.crt'), key: join(pki, 'agent-node-a.key') });
-  const sock = tlsConnect({ ...m, host: '127.0.0.3', port, servername: undefined });
+  const sock = tlsConnect({ ...await material(pki, 'node-a'), host: SINK_HOST, port, servername: undefined });
   await once(sock, 'secureConnect');
   const chunk = Buffer.alloc(MiB, 7);
   const started = performance.now();
@@ -169,6 +215,70 @@ async function tlsSource(pki: string, port: number, bytes: number): Promise<void
   }
   sock.end();
   await once(sock, 'close');
+  process.stdout.write(`${bytes / MiB / ((performance.now() - started) / 1000)} ${cpuSince(cpu)}\n`);
+}
+
+/** The h2 and relay sinks: one stream, answered like the agent answers, then the CPU it took. */
+async function h2Sink(pki: string, kind: 'h2' | 'relay', digest: DigestAlgorithm): Promise<void> {
+  const opts = serverOptions(await material(pki, 'node-b'));
+  const server = createSecureServer(opts);
+  server.on('session', (session) => session.setLocalWindowSize(opts.settings?.initialWindowSize ?? 65535));
+  server.on('stream', (stream) => {
+    const cpu = process.cpuUsage();
+    const finish = (status: number, body: unknown) => {
+      process.stdout.write(`${cpuSince(cpu)}\n`);
+      stream.respond({ ':status': status, 'content-type': 'application/json' });
+      stream.end(JSON.stringify(body));
+      server.close();
+    };
+    if (kind === 'h2') {
+      stream.resume();
+      stream.once('end', () => finish(200, { verified: true }));
+      return;
+    }
+    const drop: ResumeStream = { kind: 'resume', write: () => Promise.resolve(), close: () => Promise.resolve() };
+    receiveStream(stream, drop, { algorithm: digest, signal: new AbortController().signal, trailers: captureTrailers(stream) }).then(
+      (got) => finish(200, { verified: true, ...got }),
+      (e: unknown) => finish(422, { verified: false, error: 'StreamMismatch', message: (e as Error).message }));
+  });
+  listening(server);
+}
+
+async function h2Source(pki: string, kind: 'h2' | 'relay', port: number, bytes: number, digest: DigestAlgorithm): Promise<void> {
+  const tls = await material(pki, 'node-a');
+  const endpoint = `https://${SINK_HOST}:${port}`;
+  const signal = new AbortController().signal;
+  const session = await connectTarget(endpoint, tls, signal);
+  const started = performance.now();
+  const cpu = process.cpuUsage();
+  if (kind === 'relay') {
+    // A device read is a copy into the reader's buffer: this one copies from memory.
+    const state = Buffer.alloc(MiB, 7);
+    let left = bytes;
+    const save: SaveStream = {
+      kind: 'save',
+      read: (buf) => {
+        const n = Math.min(buf.length, state.length, left);
+        state.copy(buf, 0, 0, n);
+        left -= n;
+        return Promise.resolve(n);
+      },
+      close: () => Promise.resolve(),
+    };
+    const sent = await sendStream(save, { endpoint, tls, migration: 'bench', device: 'null', ticket: 'none', algorithm: digest, signal }, session);
+    if (sent.bytes !== bytes) throw new Error(`the relay moved ${sent.bytes} bytes, not ${bytes}`);
+  } else {
+    const req = session.request({ ':method': 'PUT', ':path': '/' });
+    req.resume();
+    const chunk = Buffer.alloc(MiB, 7);
+    for (let sent = 0; sent < bytes; sent += chunk.length) {
+      const n = Math.min(chunk.length, bytes - sent);
+      if (!req.write(n === chunk.length ? chunk : chunk.subarray(0, n))) await once(req, 'drain');
+    }
+    req.end();
+    await once(req, 'end');
+    session.close();
+  }
   process.stdout.write(`${bytes / MiB / ((performance.now() - started) / 1000)} ${cpuSince(cpu)}\n`);
 }
 
