@@ -19,10 +19,11 @@ import { newTicket } from '../agent/identity.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { issue, load, type Material } from '../local/pki.js';
 import { DEFAULT_DIGEST, type DigestAlgorithm } from '../relay/digest.js';
-import { serverOptions } from '../relay/h2.js';
+import { CHUNK, serverOptions } from '../relay/h2.js';
 import { captureTrailers, receiveStream } from '../relay/receiver.js';
 import { connectTarget, sendStream } from '../relay/sender.js';
 import type { ResumeStream, SaveStream } from '../vfio/device.js';
+import { SimDevice } from '../vfio/sim/device.js';
 import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 
 const self = fileURLToPath(import.meta.url);
@@ -53,6 +54,8 @@ async function main(): Promise<void> {
     say(`node:http2 alone: ${h2.MBps.toFixed(0)} MB/s, CPU s/GiB source ${perGiB(h2.cpu)[0]}, sink ${perGiB(h2.cpu)[1]}`);
     const code = await pairRun(dir, 'relay', relay.bytes, values.digest);
     say(`relay code, no devices: ${code.MBps.toFixed(0)} MB/s, CPU s/GiB source ${perGiB(code.cpu)[0]}, target ${perGiB(code.cpu)[1]}`);
+    const devices = await devicesRun(dir, size);
+    say(`simulated devices alone (one process, no network): CPU s/GiB save ${perGiB(devices.cpu)[0]}, resume ${perGiB(devices.cpu)[1]}`);
     const stage = (x: { MBps: number; cpu: number[] }) => ({ MBps: round(x.MBps), ratio: round(x.MBps / baseline.MBps, 3), cpu_s_per_GiB: perGiB(x.cpu) });
     const out = {
       bytes: relay.bytes, relay_MBps: round(relay.MBps), baseline_MBps: round(baseline.MBps), ratio: round(relay.MBps / baseline.MBps, 3),
@@ -61,7 +64,8 @@ async function main(): Promise<void> {
       cpu_s_per_GiB: { relay: perGiB(relay.cpu), baseline: perGiB(baseline.cpu) },
       // The same bytes through less of the relay, each against the same baseline: node:http2 alone,
       // then the relay's code (digest included) with no device behind either end.
-      stages: { h2: stage(h2), relay_code: stage(code) },
+      // And the simulated devices' own part: the source's data_fd reads and the target's writes.
+      stages: { h2: stage(h2), relay_code: stage(code), devices: { cpu_s_per_GiB: perGiB(devices.cpu) } },
     };
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } finally {
@@ -166,14 +170,59 @@ async function pairRun(dir: string, kind: 'tls' | 'h2' | 'relay', bytes: number,
   return { MBps, cpu: [sourceCpu, Number(sunk.trim())] };
 }
 
-function role(name: string, pki: string, port: number, bytes: number, digest: DigestAlgorithm): Promise<void> {
+/** The simulated devices' own cost: a source's data_fd read into a target's, in a child process. */
+async function devicesRun(dir: string, size: number): Promise<{ cpu: number[] }> {
+  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, self, '--role', 'devices', '--dir', join(dir, 'devices'), '--bytes', String(size)],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const [code] = (await once(child, 'exit')) as [number | null];
+  if (code !== 0) throw new Error(`the devices stage failed (exit ${code})`);
+  return { cpu: out.trim().split(' ').map(Number) };
+}
+
+/**
+ * Streams one simulated device's state into another through one buffer of the relay's chunk size,
+ * and commits it (the target's RESUMING -> STOP checks it whole). Prints the CPU seconds the reads
+ * and the writes took: both run on other threads too (the state is a file), so each is timed alone.
+ */
+async function devicesStage(dir: string, size: number): Promise<void> {
+  const source = await SimDevice.open({ dir, name: 'source', stateSize: size, pageSize: MiB });
+  const target = await SimDevice.open({ dir, name: 'target', stateSize: size, pageSize: MiB });
+  try {
+    const save = (await source.setState('STOP_COPY')).stream as SaveStream;
+    const resume = (await target.setState('RESUMING')).stream as ResumeStream;
+    const buf = Buffer.allocUnsafe(CHUNK);
+    let reads = 0;
+    let writes = 0;
+    for (;;) {
+      let c = process.cpuUsage();
+      const n = await save.read(buf);
+      reads += cpuSince(c);
+      if (n === 'ENOMSG') throw new Error('the source answered ENOMSG in STOP_COPY');
+      if (n === 0) break;
+      c = process.cpuUsage();
+      await resume.write(buf.subarray(0, n));
+      writes += cpuSince(c);
+    }
+    const commit = await target.setState('STOP');
+    if (commit.error) throw commit.error;
+    process.stdout.write(`${reads} ${writes}\n`);
+  } finally {
+    await source.close();
+    await target.close();
+  }
+}
+
+function role(name: string, dir: string, port: number, bytes: number, digest: DigestAlgorithm): Promise<void> {
   switch (name) {
-    case 'tls-sink': return tlsSink(pki);
-    case 'tls-source': return tlsSource(pki, port, bytes);
-    case 'h2-sink': return h2Sink(pki, 'h2', digest);
-    case 'h2-source': return h2Source(pki, 'h2', port, bytes, digest);
-    case 'relay-sink': return h2Sink(pki, 'relay', digest);
-    case 'relay-source': return h2Source(pki, 'relay', port, bytes, digest);
+    case 'tls-sink': return tlsSink(dir);
+    case 'tls-source': return tlsSource(dir, port, bytes);
+    case 'h2-sink': return h2Sink(dir, 'h2', digest);
+    case 'h2-source': return h2Source(dir, 'h2', port, bytes, digest);
+    case 'relay-sink': return h2Sink(dir, 'relay', digest);
+    case 'relay-source': return h2Source(dir, 'relay', port, bytes, digest);
+    case 'devices': return devicesStage(dir, bytes);
     default: throw new Error(`--role ${name}: unknown (an internal flag of the benchmark)`);
   }
 }

@@ -8,7 +8,7 @@ import { lastJson, repoRoot } from '../helpers/cli.js';
 interface Stage { MBps: number; ratio: number; cpu_s_per_GiB: number[] }
 interface Output {
   bytes: number; relay_MBps: number; baseline_MBps: number; ratio: number; agent_peak_rss_MB: number; digest: string;
-  cpu_s_per_GiB: { relay: number[]; baseline: number[] }; stages: { h2: Stage; relay_code: Stage };
+  cpu_s_per_GiB: { relay: number[]; baseline: number[] }; stages: { h2: Stage; relay_code: Stage; devices: { cpu_s_per_GiB: number[] } };
 }
 
 function bench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -34,7 +34,8 @@ test('bench:relay moves a 16 MiB state through the agents and every comparison s
   for (const s of [out.relay_MBps, out.baseline_MBps, out.stages.h2.MBps, out.stages.relay_code.MBps]) expect(s).toBeGreaterThan(0);
   expect(out.ratio).toBeCloseTo(out.relay_MBps / out.baseline_MBps, 2);
   expect(out.stages.relay_code.ratio).toBeCloseTo(out.stages.relay_code.MBps / out.baseline_MBps, 2);
-  for (const cpu of [out.cpu_s_per_GiB.relay, out.cpu_s_per_GiB.baseline, out.stages.h2.cpu_s_per_GiB, out.stages.relay_code.cpu_s_per_GiB]) {
+  for (const cpu of [out.cpu_s_per_GiB.relay, out.cpu_s_per_GiB.baseline, out.stages.h2.cpu_s_per_GiB, out.stages.relay_code.cpu_s_per_GiB,
+    out.stages.devices.cpu_s_per_GiB]) {
     expect(cpu).toHaveLength(2);
     for (const c of cpu) expect(c).toBeGreaterThan(0);
   }
