@@ -45,6 +45,8 @@ async function main(): Promise<void> {
     const ctl = await load(await issue(pki, 'controller', 'controller'));
     say(`relay: ${formatBytes(size)} between two agent processes (digest ${values.digest})`);
     const relay = await relayRun(dir, pki, ctl, size, values.digest);
+    // The agents' devices hold twice the state each (state and staging) in memory: free it first.
+    await Promise.all(['node-a', 'node-b'].map((node) => rm(join(dir, node), { recursive: true, force: true })));
     const perGiB = (cpu: number[]) => cpu.map((c) => round(c / (relay.bytes / 2 ** 30), 2));
     say(`relay: ${relay.MBps.toFixed(0)} MB/s, agent peak RSS ${relay.peakRssMB.toFixed(0)} MB (source ${relay.rss[0]!.toFixed(0)}, target ${relay.rss[1]!.toFixed(0)}), ` +
       `CPU s/GiB source ${perGiB(relay.cpu)[0]}, target ${perGiB(relay.cpu)[1]}`);
@@ -54,8 +56,8 @@ async function main(): Promise<void> {
     say(`node:http2 alone: ${h2.MBps.toFixed(0)} MB/s, CPU s/GiB source ${perGiB(h2.cpu)[0]}, sink ${perGiB(h2.cpu)[1]}`);
     const code = await pairRun(dir, 'relay', relay.bytes, values.digest);
     say(`relay code, no devices: ${code.MBps.toFixed(0)} MB/s, CPU s/GiB source ${perGiB(code.cpu)[0]}, target ${perGiB(code.cpu)[1]}`);
-    const devices = await devicesRun(dir, size);
-    say(`simulated devices alone (one process, no network): CPU s/GiB save ${perGiB(devices.cpu)[0]}, resume ${perGiB(devices.cpu)[1]}`);
+    const devices = await devicesRun(dir, Math.min(size, DEVICES_STAGE_MAX));
+    say(`simulated devices alone (one process, no network): CPU s/GiB save ${devices.perGiB[0]}, resume ${devices.perGiB[1]}`);
     const stage = (x: { MBps: number; cpu: number[] }) => ({ MBps: round(x.MBps), ratio: round(x.MBps / baseline.MBps, 3), cpu_s_per_GiB: perGiB(x.cpu) });
     const out = {
       bytes: relay.bytes, relay_MBps: round(relay.MBps), baseline_MBps: round(baseline.MBps), ratio: round(relay.MBps / baseline.MBps, 3),
@@ -65,7 +67,7 @@ async function main(): Promise<void> {
       // The same bytes through less of the relay, each against the same baseline: node:http2 alone,
       // then the relay's code (digest included) with no device behind either end.
       // And the simulated devices' own part: the source's data_fd reads and the target's writes.
-      stages: { h2: stage(h2), relay_code: stage(code), devices: { cpu_s_per_GiB: perGiB(devices.cpu) } },
+      stages: { h2: stage(h2), relay_code: stage(code), devices: { cpu_s_per_GiB: devices.perGiB } },
     };
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } finally {
@@ -108,8 +110,20 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
     b.close();
     return { bytes, MBps: bytes / MiB / seconds, peakRssMB: Math.max(...rss), rss, cpu };
   } finally {
-    for (const x of agents) x.child.kill('SIGTERM');
+    // An agent that stops closes its devices, and a device closed mid-migration resets (rewrites its
+    // state): that must be over before the next stage is timed, or it takes the CPUs the stage is
+    // measured on.
+    await Promise.all(agents.map((x) => stopped(x.child)));
   }
+}
+
+async function stopped(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exit = once(child, 'exit');
+  child.kill('SIGTERM');
+  const late = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  await exit;
+  clearTimeout(late);
 }
 
 async function waitReady(c: AgentClient): Promise<void> {
@@ -170,15 +184,21 @@ async function pairRun(dir: string, kind: 'tls' | 'h2' | 'relay', bytes: number,
   return { MBps, cpu: [sourceCpu, Number(sunk.trim())] };
 }
 
-/** The simulated devices' own cost: a source's data_fd read into a target's, in a child process. */
-async function devicesRun(dir: string, size: number): Promise<{ cpu: number[] }> {
+/**
+ * The simulated devices' own cost: a source's data_fd read into a target's, in a child process. Per
+ * GiB it does not depend on the size (every page costs the same), and two more devices of a 4 GiB
+ * state would hold 16 GiB of memory: so at most 1 GiB.
+ */
+const DEVICES_STAGE_MAX = 2 ** 30;
+async function devicesRun(dir: string, size: number): Promise<{ perGiB: number[] }> {
   const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, self, '--role', 'devices', '--dir', join(dir, 'devices'), '--bytes', String(size)],
     { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   const [code] = (await once(child, 'exit')) as [number | null];
   if (code !== 0) throw new Error(`the devices stage failed (exit ${code})`);
-  return { cpu: out.trim().split(' ').map(Number) };
+  const [bytes, ...cpu] = out.trim().split(' ').map(Number) as [number, number, number];
+  return { perGiB: cpu.map((c) => round(c / (bytes / 2 ** 30), 2)) };
 }
 
 /**
@@ -193,6 +213,7 @@ async function devicesStage(dir: string, size: number): Promise<void> {
     const save = (await source.setState('STOP_COPY')).stream as SaveStream;
     const resume = (await target.setState('RESUMING')).stream as ResumeStream;
     const buf = Buffer.allocUnsafe(CHUNK);
+    let bytes = 0;
     let reads = 0;
     let writes = 0;
     for (;;) {
@@ -204,10 +225,13 @@ async function devicesStage(dir: string, size: number): Promise<void> {
       c = process.cpuUsage();
       await resume.write(buf.subarray(0, n));
       writes += cpuSince(c);
+      bytes += n;
     }
     const commit = await target.setState('STOP');
     if (commit.error) throw commit.error;
-    process.stdout.write(`${reads} ${writes}\n`);
+    process.stdout.write(`${bytes} ${reads} ${writes}\n`);
+    // Closed while not RUNNING, a simulated device resets (rewrites its whole state), as a kernel does.
+    for (const d of [source, target]) await d.setState('RUNNING');
   } finally {
     await source.close();
     await target.close();
