@@ -17,8 +17,13 @@ export async function runCli(args: string[]): Promise<CliRun> {
 
 /** Runs the built `devmig` executable as a real process (npm test builds dist/ first). */
 export function runBin(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRun> {
+  return runScript(devmigBin, args, env);
+}
+
+/** Runs a built script (a path under the repository) as a real process. */
+export function runScript(path: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [devmigBin, ...args], { env: { ...process.env, ...env } });
+    const child = spawn(process.execPath, [path, ...args], { env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });

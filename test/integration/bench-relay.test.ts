@@ -2,8 +2,7 @@
  * bench:relay itself, small: every stage moves the same bytes between real processes over TLS on
  * loopback and reports them, so the benchmark (its own command, not run here at size) cannot rot.
  */
-import { spawn } from 'node:child_process';
-import { lastJson, repoRoot } from '../helpers/cli.js';
+import { lastJson, repoRoot, runScript } from '../helpers/cli.js';
 
 interface Stage { MBps: number; ratio: number; cpu_s_per_GiB: number[] }
 interface Output {
@@ -11,20 +10,8 @@ interface Output {
   cpu_s_per_GiB: { relay: number[]; baseline: number[] }; stages: { h2: Stage; relay_code: Stage; devices: { cpu_s_per_GiB: number[] } };
 }
 
-function bench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [`${repoRoot}dist/bench/relay.js`, ...args]);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
-
 test('bench:relay moves a 16 MiB state through the agents and every comparison stage, and says where the time goes', async () => {
-  const run = await bench(['--size', '16Mi', '-o', 'json', '--digest', 'crc32']);
+  const run = await runScript(`${repoRoot}dist/bench/relay.js`, ['--size', '16Mi', '-o', 'json', '--digest', 'crc32']);
   expect(run.stderr).toBe('');
   expect(run.code).toBe(0);
   const out = lastJson(run.stdout) as Output;
