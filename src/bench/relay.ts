@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Writable } from 'node:stream';
 import { createSecureServer } from 'node:http2';
 import { connect as tlsConnect, createServer as tlsServer } from 'node:tls';
 import { fileURLToPath } from 'node:url';
@@ -258,7 +259,7 @@ const material = (pki: string, node: 'node-a' | 'node-b') =>
   load({ ca: join(pki, 'ca.crt'), cert: join(pki, `agent-${node}.crt`), key: join(pki, `agent-${node}.key`) });
 const SINK_HOST = '127.0.0.3';
 
-/** Listens on SINK_HOST, prints the port; `done` prints the CPU seconds of the stream and closes. */
+/** Listens on SINK_HOST and prints the port, for pairRun to hand to the source. */
 function listening(server: { listen(port: number, host: string, cb: () => void): unknown; address(): unknown }): void {
   server.listen(0, SINK_HOST, () => process.stdout.write(`${(server.address() as { port: number }).port}\n`));
 }
@@ -279,16 +280,21 @@ async function tlsSink(pki: string): Promise<void> {
 async function tlsSource(pki: string, port: number, bytes: number): Promise<void> {
   const sock = tlsConnect({ ...await material(pki, 'node-a'), host: SINK_HOST, port, servername: undefined });
   await once(sock, 'secureConnect');
-  const chunk = Buffer.alloc(MiB, 7);
   const started = performance.now();
   const cpu = process.cpuUsage();
-  for (let sent = 0; sent < bytes; sent += chunk.length) {
-    const n = Math.min(chunk.length, bytes - sent);
-    if (!sock.write(n === chunk.length ? chunk : chunk.subarray(0, n))) await once(sock, 'drain');
-  }
+  await writeAll(sock, bytes);
   sock.end();
   await once(sock, 'close');
   process.stdout.write(`${bytes / MiB / ((performance.now() - started) / 1000)} ${cpuSince(cpu)}\n`);
+}
+
+/** Writes `bytes` of filler into `w` in 1 MiB writes, waiting for room whenever it is full. */
+async function writeAll(w: Writable, bytes: number): Promise<void> {
+  const chunk = Buffer.alloc(MiB, 7);
+  for (let sent = 0; sent < bytes; sent += chunk.length) {
+    const n = Math.min(chunk.length, bytes - sent);
+    if (!w.write(n === chunk.length ? chunk : chunk.subarray(0, n))) await once(w, 'drain');
+  }
 }
 
 /** The h2 and relay sinks: one stream, answered like the agent answers, then the CPU it took. */
@@ -343,11 +349,7 @@ async function h2Source(pki: string, kind: 'h2' | 'relay', port: number, bytes: 
   } else {
     const req = session.request({ ':method': 'PUT', ':path': '/' });
     req.resume();
-    const chunk = Buffer.alloc(MiB, 7);
-    for (let sent = 0; sent < bytes; sent += chunk.length) {
-      const n = Math.min(chunk.length, bytes - sent);
-      if (!req.write(n === chunk.length ? chunk : chunk.subarray(0, n))) await once(req, 'drain');
-    }
+    await writeAll(req, bytes);
     req.end();
     await once(req, 'end');
     session.close();
