@@ -316,9 +316,9 @@ export class Reconciler {
       phase,
       arcs: appendArcs(status.arcs ?? [], arcs),
       conditions: this.conditions(m, status.conditions ?? [], t, phase),
-      ...(failure ? { failure } : {}),
     };
-    if (!failure) delete s.failure;
+    if (failure) s.failure = failure;
+    else delete s.failure;
     s.progress = progressOf(m.status?.progress, s, t.step);
     return s;
   }
