@@ -19,6 +19,16 @@ export default tseslint.config(
       complexity: ['warn', 20],
     },
   },
+  // Shared code lives below both sides (src/agentapi, src/kube, src/relay, ...): the agent never
+  // reaches into the controller's folder, nor the controller into the agent's.
+  {
+    files: ['src/agent/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ group: ['**/controller/**'], message: 'the agent does not import from src/controller: move shared code below both' }] }] },
+  },
+  {
+    files: ['src/controller/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ group: ['**/agent/**'], message: 'the controller does not import from src/agent: move shared code below both' }] }] },
+  },
   {
     files: ['**/*.js'],
     ...tseslint.configs.disableTypeChecked,

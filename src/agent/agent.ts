@@ -124,7 +124,7 @@ async function clusterCertificate(config: AgentConfig, log: Logger, reuse = true
       }
     }
   }
-  const [{ Kube }, { requestCertificate }] = await Promise.all([import('../controller/kube.js'), import('./certs.js')]);
+  const [{ Kube }, { requestCertificate }] = await Promise.all([import('../kube/kube.js'), import('./certs.js')]);
   const advertised = config.advertise ? new URL(config.advertise).hostname.replace(/^\[|\]$/g, '') : undefined;
   const cert = await requestCertificate(Kube.fromFile(config.kube?.kubeconfig), {
     node: config.node, namespace: k.namespace, caConfigMapName: k.caConfigMapName, signerName: k.signerName,

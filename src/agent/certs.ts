@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { createCsr, newKey } from '../pki/x509.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import type { Kube } from '../controller/kube.js';
+import type { Kube } from '../kube/kube.js';
 
 export interface CsrOptions {
   readonly node: string;

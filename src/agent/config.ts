@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { parseQuantity } from '../api/quantity.js';
 import { DEFAULT_DIGEST, DIGEST_ALGORITHMS, unavailable } from '../relay/digest.js';
 import { FLAG_NAMES, MigFlag, type MigFlagName } from '../vfio/uapi.js';
-import { objectName } from './api.js';
+import { objectName } from '../agentapi/types.js';
 
 const quantity = z.union([z.string(), z.number()]).transform((v, ctx) => {
   try {

@@ -2,12 +2,12 @@
  * Role-neutral operations: drive a device to a state, reset it, release it from a migration, report
  * it, and cancel a migration on this node with both devices left in states the answer reports.
  */
-import type { DeviceView, ReleaseRequest, ResetRequest, SessionView, SetStateRequest, CancelRequest } from './api.js';
+import type { DeviceView, ReleaseRequest, ResetRequest, SessionView, SetStateRequest, CancelRequest } from '../agentapi/types.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
 import { AgentError } from './errors.js';
 import { finish, isActive, viewOf } from './sessions.js';
 import { flagNames, type MigStateName } from '../vfio/uapi.js';
-import { AgentClient } from './client.js';
+import { AgentClient } from '../agentapi/client.js';
 import { hasCommitted } from './target.js';
 import { settleWithin } from '../async.js';
 

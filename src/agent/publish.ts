@@ -3,7 +3,7 @@
  * and a heartbeat. Written only by this node's agent (RBAC restricts it to its own object).
  */
 import type { DeviceNodeStatus } from '../api/types.js';
-import { Kube } from '../controller/kube.js';
+import { Kube } from '../kube/kube.js';
 import type { AgentContext } from './context.js';
 import { deviceView } from './ops.js';
 

@@ -8,7 +8,7 @@ import type { TLSSocket } from 'node:tls';
 import { z } from 'zod';
 import { serverOptions } from '../relay/h2.js';
 import { captureTrailers } from '../relay/receiver.js';
-import { cancelRequest, commitRequest, releaseRequest, objectName, receiveRequest, resetRequest, sendRequest, setStateRequest } from './api.js';
+import { cancelRequest, commitRequest, releaseRequest, objectName, receiveRequest, resetRequest, sendRequest, setStateRequest } from '../agentapi/types.js';
 import type { AgentContext, Reply } from './context.js';
 import { AgentError, badRequest } from './errors.js';
 import { AuthError, describeIdentity, identify, type Identity } from './identity.js';

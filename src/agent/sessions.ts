@@ -1,6 +1,6 @@
 /** Send and receive sessions: one per (migration, device), as GET /v1/migrations/:m reports them. */
 import type { ResumeStream } from '../vfio/device.js';
-import type { SessionPhase, SessionView } from './api.js';
+import type { SessionPhase, SessionView } from '../agentapi/types.js';
 
 interface Common {
   readonly migration: string;

@@ -7,12 +7,12 @@ import { RelayError } from '../relay/errors.js';
 import type { ClientHttp2Session } from 'node:http2';
 import { connectTarget, sendStream, SendFailure } from '../relay/sender.js';
 import type { MigrationDevice, SaveStream, SetStateResult } from '../vfio/device.js';
-import type { SendRequest } from './api.js';
+import type { SendRequest } from '../agentapi/types.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
 import { AgentError } from './errors.js';
 import { limitSessions } from './target.js';
 import { deferred, finish, type SendSession } from './sessions.js';
-import type { sendRequest } from './api.js';
+import type { sendRequest } from '../agentapi/types.js';
 import type { z } from 'zod';
 
 type Send = z.output<typeof sendRequest>;

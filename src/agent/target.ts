@@ -7,7 +7,7 @@ import { Wire, algorithmOf } from '../relay/digest.js';
 import { RelayError } from '../relay/errors.js';
 import { receiveStream } from '../relay/receiver.js';
 import type { ResumeStream } from '../vfio/device.js';
-import { commitRequest, type CommitRequest, type ReceiveRequest } from './api.js';
+import { commitRequest, type CommitRequest, type ReceiveRequest } from '../agentapi/types.js';
 import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from './context.js';
 import { AgentError } from './errors.js';
 import { describeIdentity, sameTicket, type Identity } from './identity.js';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { API_VERSION } from '../api/names.js';
 import { isFinalPhase } from '../api/types.js';
-import { Kube, type DeviceMigration } from '../controller/kube.js';
+import { Kube, type DeviceMigration } from '../kube/kube.js';
 import { localDown, localUp } from '../local/env.js';
 
 const RUNS = 20;

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { API_VERSION } from '../api/names.js';
-import { Kube, type DeviceMigration } from '../controller/kube.js';
+import { Kube, type DeviceMigration } from '../kube/kube.js';
 import { localDown, localUp } from '../local/env.js';
 import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 

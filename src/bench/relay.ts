@@ -14,7 +14,7 @@ import { createSecureServer } from 'node:http2';
 import { connect as tlsConnect, createServer as tlsServer } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { AgentClient } from '../agent/client.js';
+import { AgentClient } from '../agentapi/client.js';
 import { AGENT_NODE_FLAGS } from '../agent/config.js';
 import { newTicket } from '../agent/identity.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { loadControllerConfig, type ControllerConfig } from '../controller/config.js';
 import type { CsrSigner } from '../controller/pki.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import type { Kube } from '../controller/kube.js';
+import type { Kube } from '../kube/kube.js';
 import { createLogger } from '../log.js';
 import { CliError, type Io } from './output.js';
 
@@ -32,7 +32,7 @@ async function credentials(cfg: ControllerConfig, kube: Kube, log: Logger): Prom
 async function runController(path: string): Promise<void> {
   // The Kubernetes client is loaded by the commands that use it: importing it costs every devmig
   // process ~50 MB of RSS, the agent's included.
-  const [{ Controller }, { Kube }] = await Promise.all([import('../controller/controller.js'), import('../controller/kube.js')]);
+  const [{ Controller }, { Kube }] = await Promise.all([import('../controller/controller.js'), import('../kube/kube.js')]);
   const cfg = await loadControllerConfig(path);
   const log = createLogger('controller');
   const kube = Kube.fromFile(cfg.kubeconfig);

@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { API_VERSION } from '../api/names.js';
 import { formatBytes, parseQuantity } from '../api/quantity.js';
 import { isFinalPhase } from '../api/types.js';
-import type { DeviceMigration, Kube } from '../controller/kube.js';
+import type { DeviceMigration, Kube } from '../kube/kube.js';
 import { simDigest } from '../vfio/sim/digest.js';
 import { CliError, jsonLine, parseFormat, table, type Io } from './output.js';
 
@@ -53,7 +53,7 @@ async function runDemo(o: UpOpts & { strategy: string }, io: Io): Promise<void> 
   const format = parseFormat(o.output);
   const say = (t: string) => { if (format === 'text') io.out(t); };
   const state = await (await env()).localUp(upOptions(o), say);
-  const { Kube } = await import('../controller/kube.js');
+  const { Kube } = await import('../kube/kube.js');
   const kube = Kube.fromFile(state.kubeconfig);
   const src = state.agents[0]!;
   const before = await simDigest(src.simDir, 'sim-0');

@@ -7,7 +7,7 @@ import { stringify } from 'yaml';
 import { API_VERSION } from '../api/names.js';
 import { isFinalPhase } from '../api/types.js';
 import { formatBytes } from '../api/quantity.js';
-import { Kube, type DeviceEvacuation, type DeviceMigration } from '../controller/kube.js';
+import { Kube, type DeviceEvacuation, type DeviceMigration } from '../kube/kube.js';
 import { CliError, jsonLine, processIo, table, type Io } from './output.js';
 
 type Format = 'text' | 'json' | 'yaml';

@@ -5,8 +5,8 @@
 import { createHmac } from 'node:crypto';
 import { parseDuration, parseQuantity } from '../api/quantity.js';
 import type { ArcRecord } from '../api/types.js';
-import { AgentCallError, type AgentClient, type ArcsAnswer } from '../agent/client.js';
-import type { DeviceMigration, DeviceNode } from './kube.js';
+import { AgentCallError, type AgentClient, type ArcsAnswer } from '../agentapi/client.js';
+import type { DeviceMigration, DeviceNode } from '../kube/kube.js';
 import { pastCommit, type Event, type Step } from './machine.js';
 
 export interface Peers {

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { GROUP, VERSION } from '../api/names.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import type { DeviceMigration, Kube } from './kube.js';
+import type { DeviceMigration, Kube } from '../kube/kube.js';
 import { lead, type LeaderOptions } from './leader.js';
 import { Metrics } from './metrics.js';
 import { WorkQueue } from './queue.js';

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { isFinalPhase, type Condition, type DeviceEvacuationStatus } from '../api/types.js';
-import type { DeviceEvacuation, DeviceMigration, DeviceNode, Kube } from './kube.js';
+import type { DeviceEvacuation, DeviceMigration, DeviceNode, Kube } from '../kube/kube.js';
 import { stamped } from './conditions.js';
 import { agentReady, inFlight, occupied } from './validate.js';
 

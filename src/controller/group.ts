@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { API_VERSION } from '../api/names.js';
 import { isFinalPhase, type Condition, type DeviceMigrationGroupStatus } from '../api/types.js';
 import { stamped } from './conditions.js';
-import type { DeviceMigration, DeviceMigrationGroup, Kube } from './kube.js';
+import type { DeviceMigration, DeviceMigrationGroup, Kube } from '../kube/kube.js';
 
 export const GROUP_LABEL = 'devmig.io/group';
 

@@ -4,7 +4,7 @@
  * as plain JSON through the custom objects client.
  */
 import type { Logger } from 'pino';
-import type { Kube } from './kube.js';
+import type { Kube } from '../kube/kube.js';
 
 export interface LeaderOptions {
   readonly namespace: string;

@@ -1,6 +1,6 @@
 /** Prometheus metrics (prom-client) with conventional names; times in seconds. */
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { DeviceMigration } from './kube.js';
+import type { DeviceMigration } from '../kube/kube.js';
 
 export class Metrics {
   readonly registry = new Registry();

@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { createCa, issue, readCsr, signCsr, type Ca } from '../pki/x509.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import type { Kube } from './kube.js';
+import type { Kube } from '../kube/kube.js';
 
 export const NODE_NAME_EXTRA = 'authentication.kubernetes.io/node-name';
 export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';

@@ -6,11 +6,11 @@
 import type { Logger } from 'pino';
 import { parseDuration } from '../api/quantity.js';
 import { deviceMigrationSpec, isFinalPhase, type ArcRecord, type Condition, type DeviceMigrationStatus } from '../api/types.js';
-import { AgentClient } from '../agent/client.js';
+import { AgentClient } from '../agentapi/client.js';
 import type { TlsMaterial } from '../relay/h2.js';
 import { act, ticketFor, wantsPrecopy, type GroupContext, type Peers } from './actions.js';
 import { GROUP_LABEL } from './group.js';
-import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
+import type { DeviceMigration, DeviceNode, Kube } from '../kube/kube.js';
 import { isTerminal, next, pastCommit, phaseOf, type Event, type Step, type Transition } from './machine.js';
 import type { Metrics } from './metrics.js';
 import { validate, type ValidationReads } from './validate.js';

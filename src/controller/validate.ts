@@ -4,7 +4,7 @@
  * uses them. Each failure is a reason and a message that says what to fix.
  */
 import { isFinalPhase } from '../api/types.js';
-import type { DeviceMigration, DeviceNode, Kube } from './kube.js';
+import type { DeviceMigration, DeviceNode, Kube } from '../kube/kube.js';
 
 /** `retry`: the answer may change by itself (an agent not ready yet, a device still held): ask again. */
 export type Validation = { ok: true; targetDevice: string } | { ok: false; reason: string; message: string; retry?: boolean };

@@ -17,7 +17,7 @@ import { parse } from 'yaml';
 import { crdFiles, KINDS } from '../api/crd.js';
 import { GROUP } from '../api/names.js';
 import { AGENT_NODE_FLAGS } from '../agent/config.js';
-import { Kube } from '../controller/kube.js';
+import { Kube } from '../kube/kube.js';
 import { alive } from '../vfio/sim/lock.js';
 import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 import { startApiserver } from './apiserver.js';

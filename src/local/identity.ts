@@ -8,7 +8,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, stringify } from 'yaml';
-import type { Kube } from '../controller/kube.js';
+import type { Kube } from '../kube/kube.js';
 
 export const INSTALL_MANIFEST = fileURLToPath(new URL('../../deploy/devmig.yaml', import.meta.url));
 

@@ -9,7 +9,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
-import { Kube } from '../../src/controller/kube.js';
+import { Kube } from '../../src/kube/kube.js';
 import { localDown, localUp, type LocalState } from '../../src/local/env.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { until } from '../helpers/agents.js';

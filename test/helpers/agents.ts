@@ -3,7 +3,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
-import { AgentClient } from '../../src/agent/client.js';
+import { AgentClient } from '../../src/agentapi/client.js';
 import { parseAgentConfig, type AgentConfig } from '../../src/agent/config.js';
 import { issue, load, type Material } from '../../src/local/pki.js';
 import { devmigBin } from './cli.js';

@@ -2,7 +2,7 @@
  * What every fault scenario checks at its end, and the table each fault test prints: DESIGN.md's
  * invariants on the final state of a migration and its two devices.
  */
-import type { DeviceMigration, Kube } from '../../src/controller/kube.js';
+import type { DeviceMigration, Kube } from '../../src/kube/kube.js';
 import type { SimDigest } from '../../src/vfio/sim/digest.js';
 import { until } from './agents.js';
 

@@ -6,7 +6,7 @@
 import { access, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Kube } from '../../src/controller/kube.js';
+import { Kube } from '../../src/kube/kube.js';
 import { localDown, localUp, type LocalOptions, type LocalState } from '../../src/local/env.js';
 
 export interface LocalCluster {

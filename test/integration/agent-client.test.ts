@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { join } from 'node:path';
-import { AgentClient } from '../../src/agent/client.js';
+import { AgentClient } from '../../src/agentapi/client.js';
 import { serverOptions } from '../../src/relay/h2.js';
 import { makePki, type Pki } from '../helpers/agents.js';
 

@@ -8,7 +8,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Agent } from '../../src/agent/agent.js';
-import { AgentClient } from '../../src/agent/client.js';
+import { AgentClient } from '../../src/agentapi/client.js';
 import { newTicket } from '../../src/agent/identity.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { agentConfig, controllerClient, makePki, startAgent, until, type Pki } from '../helpers/agents.js';

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Agent } from '../../src/agent/agent.js';
-import { AgentCallError, type AgentClient } from '../../src/agent/client.js';
+import { AgentCallError, type AgentClient } from '../../src/agentapi/client.js';
 import { newTicket } from '../../src/agent/identity.js';
 import { clientOptions } from '../../src/relay/h2.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
@@ -416,7 +416,7 @@ describe('agent: authentication and tickets', () => {
     const rogue = await call(pki.rogue);
     expect(rogue.status).toBe(401);
     const agentB = await pki.agent('node-b');
-    const asAgent = new (await import('../../src/agent/client.js')).AgentClient(source.endpoint, agentB);
+    const asAgent = new (await import('../../src/agentapi/client.js')).AgentClient(source.endpoint, agentB);
     await expect(asAgent.setState('sim-0', { migration: 'm', op: 'a', state: 'STOP' })).rejects.toMatchObject({ status: 403 });
     asAgent.close();
     expect((await src.device('sim-0')).state).toBe('RUNNING');

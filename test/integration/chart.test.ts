@@ -10,7 +10,7 @@ import { parse, parseAllDocuments } from 'yaml';
 import { AGENT_NODE_FLAGS, parseAgentConfig } from '../../src/agent/config.js';
 import { crdFiles } from '../../src/api/crd.js';
 import { controllerConfigSchema } from '../../src/controller/config.js';
-import { Kube } from '../../src/controller/kube.js';
+import { Kube } from '../../src/kube/kube.js';
 import { startApiserver, type RunningApiserver } from '../../src/local/apiserver.js';
 import { CHART, DEPLOY, ensureHelm, helm, KUBE_VERSION, render, RENDERINGS } from '../../src/local/helm.js';
 

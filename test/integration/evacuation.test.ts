@@ -8,7 +8,7 @@ import * as k8s from '@kubernetes/client-node';
 import { API_VERSION } from '../../src/api/names.js';
 import { EVACUATION_LABEL } from '../../src/controller/evacuation.js';
 import { occupied } from '../../src/controller/validate.js';
-import { FIELD_MANAGER, type DeviceEvacuation } from '../../src/controller/kube.js';
+import { FIELD_MANAGER, type DeviceEvacuation } from '../../src/kube/kube.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { FINAL } from '../helpers/faults.js';
 import { localCluster } from '../helpers/local.js';

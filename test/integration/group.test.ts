@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
 import type { ArcRecord } from '../../src/api/types.js';
 import { GROUP_LABEL } from '../../src/controller/group.js';
-import type { DeviceMigration, DeviceMigrationGroup } from '../../src/controller/kube.js';
+import type { DeviceMigration, DeviceMigrationGroup } from '../../src/kube/kube.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { localCluster } from '../helpers/local.js';
 

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { API_VERSION } from '../../src/api/names.js';
-import { Kube, type DeviceMigration } from '../../src/controller/kube.js';
+import { Kube, type DeviceMigration } from '../../src/kube/kube.js';
 import { localDown, localUp, type LocalState } from '../../src/local/env.js';
 import { readInstallIdentity, serviceAccountToken, tokenKubeconfig, type InstallIdentity } from '../../src/local/identity.js';
 import { createCsr, issuedBy, newKey } from '../../src/pki/x509.js';

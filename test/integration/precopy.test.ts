@@ -4,7 +4,7 @@
  * it stops anyway or rolls back, as the spec says; progress never goes down; downtime is recorded.
  */
 import { API_VERSION } from '../../src/api/names.js';
-import type { DeviceMigration } from '../../src/controller/kube.js';
+import type { DeviceMigration } from '../../src/kube/kube.js';
 import { progressOf } from '../../src/controller/reconcile.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { FINAL } from '../helpers/faults.js';

@@ -11,7 +11,7 @@ import { connect, type SecureClientSessionOptions } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { API_VERSION } from '../../src/api/names.js';
-import { Kube } from '../../src/controller/kube.js';
+import { Kube } from '../../src/kube/kube.js';
 import { localDown, localUp, type LocalState } from '../../src/local/env.js';
 import { clientOptions } from '../../src/relay/h2.js';
 import { until } from '../helpers/agents.js';

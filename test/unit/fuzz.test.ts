@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cancelRequest, receiveRequest, sendRequest, setStateRequest } from '../../src/agent/api.js';
+import { cancelRequest, receiveRequest, sendRequest, setStateRequest } from '../../src/agentapi/types.js';
 import { parseDuration, parseQuantity, QuantityError } from '../../src/api/quantity.js';
 import { quantityPattern } from '../../src/api/types.js';
 import type { ResumeStream, SaveStream } from '../../src/vfio/device.js';

@@ -1,5 +1,5 @@
 import { measure } from '../../src/controller/actions.js';
-import type { DeviceMigration } from '../../src/controller/kube.js';
+import type { DeviceMigration } from '../../src/kube/kube.js';
 
 const MiB = 2 ** 20;
 const t0 = Date.parse('2026-11-30T00:00:00Z');

@@ -6,7 +6,7 @@ import { connect, type ClientHttp2Session } from 'node:http2';
 import { once } from 'node:events';
 import type {
   CancelRequest, CommitRequest, DeviceView, ReceiveRequest, ReleaseRequest, ResetRequest, SendRequest, SessionView, SetStateRequest,
-} from './api.js';
+} from './types.js';
 import type { ArcResult } from '../vfio/device.js';
 import { clientOptions, type TlsMaterial } from '../relay/h2.js';
 
