@@ -5,9 +5,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
-import { access, mkdir, readdir, readFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { alive } from '../vfio/sim/lock.js';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -45,13 +46,50 @@ export function goBinary(): string {
 /** The binary for the current sources, built (minutes on a cold Go cache) only when missing. */
 export async function ensureApiserverBinary(log: (line: string) => void = () => undefined): Promise<string> {
   const bin = join(cacheDir(), `kube-apiserver-local-${await sourceHash()}`);
-  if (await access(bin).then(() => true, () => false)) return bin;
-  await mkdir(cacheDir(), { recursive: true });
-  log(`building kube-apiserver with embedded etcd from Go modules into ${bin} (the first build takes several minutes)`);
-  const started = Date.now();
-  await run(goBinary(), ['build', '-ldflags', await ldflags(), '-o', bin, '.'], SOURCE);
-  log(`built in ${Math.round((Date.now() - started) / 1000)} s`);
-  return bin;
+  return buildOnce(bin, log, async () => {
+    log(`building kube-apiserver with embedded etcd from Go modules into ${bin} (the first build takes several minutes)`);
+    const started = Date.now();
+    await run(goBinary(), ['build', '-ldflags', await ldflags(), '-o', bin, '.'], SOURCE);
+    log(`built in ${Math.round((Date.now() - started) / 1000)} s`);
+  });
+}
+
+const exists = (path: string) => access(path).then(() => true, () => false);
+
+/**
+ * Makes `out` with `build` unless it exists, once across processes: jest's workers (and anything else
+ * that starts at the same time on a cold cache) would otherwise each compile the same Go program,
+ * every one of them slower for the others. The first takes `<out>.lock` (its pid inside); the others
+ * wait for it, and take over a lock whose process is gone.
+ */
+export async function buildOnce(out: string, log: (line: string) => void, build: () => Promise<void>): Promise<string> {
+  if (await exists(out)) return out;
+  await mkdir(dirname(out), { recursive: true });
+  const lock = `${out}.lock`;
+  let said = false;
+  for (;;) {
+    try {
+      await writeFile(lock, String(process.pid), { flag: 'wx' });
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const holder = Number(await readFile(lock, 'utf8').catch(() => '0'));
+    if (holder > 0 && !alive(holder)) {
+      await rm(lock, { force: true });
+      continue;
+    }
+    if (!said) log(`waiting for process ${holder || '?'} to build ${out}`);
+    said = true;
+    await new Promise((r) => setTimeout(r, 1000));
+    if (await exists(out)) return out;
+  }
+  try {
+    if (!(await exists(out))) await build();
+    return out;
+  } finally {
+    await rm(lock, { force: true });
+  }
 }
 
 export function run(cmd: string, args: string[], cwd: string, env?: NodeJS.ProcessEnv): Promise<void> {

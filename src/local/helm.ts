@@ -3,12 +3,11 @@
  * version pinned here) into devmig's cache the first time it is needed, like the local API server.
  */
 import { execFile } from 'node:child_process';
-import { access, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { cacheDir, goBinary, run } from './apiserver.js';
+import { buildOnce, cacheDir, goBinary, run } from './apiserver.js';
 
 export const HELM_VERSION = 'v3.22.0';
 export const CHART = fileURLToPath(new URL('../../charts/devmig/', import.meta.url));
@@ -26,12 +25,10 @@ const exec = promisify(execFile);
 
 export async function ensureHelm(log: (line: string) => void = () => undefined): Promise<string> {
   const dir = join(cacheDir(), 'bin', `helm-${HELM_VERSION}`);
-  const bin = join(dir, 'helm');
-  if (await access(bin).then(() => true, () => false)) return bin;
-  await mkdir(dir, { recursive: true });
-  log(`building helm ${HELM_VERSION} from Go modules into ${dir} (about two minutes the first time)`);
-  await run(goBinary(), ['install', `helm.sh/helm/v3/cmd/helm@${HELM_VERSION}`], tmpdir(), { ...process.env, GOBIN: dir, GOFLAGS: '-mod=mod' });
-  return bin;
+  return buildOnce(join(dir, 'helm'), log, async () => {
+    log(`building helm ${HELM_VERSION} from Go modules into ${dir} (about two minutes the first time)`);
+    await run(goBinary(), ['install', `helm.sh/helm/v3/cmd/helm@${HELM_VERSION}`], tmpdir(), { ...process.env, GOBIN: dir, GOFLAGS: '-mod=mod' });
+  });
 }
 
 export async function helm(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ stdout: string; stderr: string }> {
