@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { GROUP, VERSION } from './names.js';
 import {
   deviceMigrationSpec, deviceMigrationStatus, deviceNodeSpec, deviceNodeStatus, deviceEvacuationSpec, deviceEvacuationStatus,
-  deviceMigrationGroupSpec, deviceMigrationGroupStatus,
+  deviceMigrationGroupSpec, deviceMigrationGroupStatus, deviceReleaseSpec, deviceReleaseStatus,
 } from './types.js';
 
 type Schema = Record<string, unknown>;
@@ -168,7 +168,26 @@ const group: Kind = {
   ],
 };
 
-export const KINDS = [migration, node, evacuation, group];
+const release: Kind = {
+  kind: 'DeviceRelease',
+  plural: 'devicereleases',
+  singular: 'devicerelease',
+  shortNames: ['drel'],
+  spec: deviceReleaseSpec,
+  status: deviceReleaseStatus,
+  specRules: [
+    { rule: 'self == oldSelf', message: 'spec is immutable: a DeviceRelease acts once; create another one to release the device again' },
+  ],
+  columns: [
+    { name: 'Node', type: 'string', jsonPath: '.spec.node' },
+    { name: 'Device', type: 'string', jsonPath: '.spec.device' },
+    { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+    { name: 'By', type: 'string', jsonPath: '.status.releasedBy' },
+    { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+  ],
+};
+
+export const KINDS = [migration, node, evacuation, group, release];
 
 function withFieldRules(spec: Schema, rules: Kind['fieldRules']): Schema {
   for (const [path, r] of Object.entries(rules ?? {})) {

@@ -101,17 +101,62 @@ export const deviceNodeSpec = z.strictObject({
   identity: z.string().describe('The identity the agent proves: agent:<node>.'),
 });
 
+/** What a device holds, as its agent records it (DESIGN.md invariant 7). Only a Free device receives. */
+export const occupancyStates = ['Free', 'Holding', 'Allocated'] as const;
+/** How the agent's record came to be. */
+export const occupancyReasons = ['Spare', 'FoundInUse', 'Migrated', 'SourceReleased', 'Released', 'RolledBack'] as const;
+
+export const podAllocation = z.strictObject({
+  namespace: z.string(),
+  pod: z.string(),
+  container: z.string().optional(),
+  resource: z.string().describe('The resource name the kubelet allocated it under (device plugin), or the DRA driver.'),
+});
+
+export const occupancy = z.strictObject({
+  state: z.enum(occupancyStates).describe('Free: it may receive a migration. Holding: it holds a workload\'s state. Allocated: the kubelet gave it to a pod.'),
+  reason: z.enum(occupancyReasons).describe('Spare: declared spare in the agent\'s config. FoundInUse: found at the agent\'s first start and not declared spare. '
+    + 'Migrated: a migration put a workload\'s state here. SourceReleased: it was a migration\'s source and was reset once the target ran. '
+    + 'Released: a DeviceRelease reset it. RolledBack: it was a target whose migration rolled back; reset.'),
+  since: time,
+  migration: name.optional().describe('Migrated: the migration whose state it holds; SourceReleased, RolledBack: the migration it served.'),
+  digest: z.string().optional().describe('Migrated: the digest of the stream it committed.'),
+  release: name.optional().describe('Released: the DeviceRelease that reset it.'),
+  releasedBy: z.string().optional().describe('Released: who asked for it.'),
+  pods: z.array(podAllocation).optional().describe('Allocated: the pods the kubelet allocated it to (PodResources API).'),
+});
+
 export const deviceNodeStatus = z.strictObject({
   devices: z.array(z.strictObject({
     name,
     kind: z.enum(['simulated', 'kernel']),
     flags: z.array(z.enum(['STOP_COPY', 'P2P', 'PRE_COPY'])),
     state: stateName,
-    migration: name.optional(),
+    migration: name.optional().describe('The migration in flight on the device, if any.'),
     role: z.enum(['source', 'target']).optional(),
+    occupancy: occupancy.optional().describe('What the device holds; unset (an older agent): not known to be free.'),
   })).optional(),
   heartbeat: time.optional(),
   ready: z.boolean().optional(),
+});
+
+export const deviceReleaseSpec = z.strictObject({
+  node: name.describe('The node of the device.'),
+  device: name.describe('The device to release: its agent resets it, and it is free to receive another workload\'s state.'),
+  requestedBy: z.string().min(1).max(256).optional()
+    .describe('Who asks, recorded in status: kubectl devmig release sets it. The admission policy accepts only the name of the user who creates the object.'),
+});
+
+export const releasePhases = ['Pending', 'Releasing', 'Released', 'Failed'] as const;
+
+export const deviceReleaseStatus = z.strictObject({
+  observedGeneration: z.number().int().optional(),
+  phase: z.enum(releasePhases).optional(),
+  conditions: z.array(condition).optional(),
+  previous: occupancy.optional().describe('What the device held before the release, as its agent recorded it.'),
+  releasedAt: time.optional(),
+  releasedBy: z.string().optional().describe('spec.requestedBy (checked at admission), else the field manager that created the object.'),
+  failure: z.strictObject({ reason: z.string(), message: z.string() }).optional(),
 });
 
 const labelSelector = z.strictObject({
@@ -187,6 +232,10 @@ export const deviceMigrationGroupStatus = z.strictObject({
   finishedAt: time.optional(),
 });
 
+export type DeviceReleaseSpec = z.infer<typeof deviceReleaseSpec>;
+export type DeviceReleaseStatus = z.infer<typeof deviceReleaseStatus>;
+export type Occupancy = z.infer<typeof occupancy>;
+export type PodAllocation = z.infer<typeof podAllocation>;
 export type DeviceMigrationGroupSpec = z.infer<typeof deviceMigrationGroupSpec>;
 export type DeviceMigrationGroupStatus = z.infer<typeof deviceMigrationGroupStatus>;
 export type DeviceEvacuationSpec = z.infer<typeof deviceEvacuationSpec>;

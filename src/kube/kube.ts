@@ -6,7 +6,7 @@ import * as k8s from '@kubernetes/client-node';
 import { GROUP, VERSION } from '../api/names.js';
 import type {
   DeviceEvacuationSpec, DeviceEvacuationStatus, DeviceMigrationGroupSpec, DeviceMigrationGroupStatus, DeviceMigrationSpec, DeviceMigrationStatus,
-  DeviceNodeSpec, DeviceNodeStatus,
+  DeviceNodeSpec, DeviceNodeStatus, DeviceReleaseSpec, DeviceReleaseStatus,
 } from '../api/types.js';
 
 export interface Meta {
@@ -18,15 +18,19 @@ export interface Meta {
   finalizers?: string[];
   creationTimestamp?: string;
   labels?: Record<string, string>;
+  managedFields?: Array<{ manager?: string; operation?: string; subresource?: string; time?: string | Date }>;
 }
 export interface DeviceMigration { apiVersion: string; kind: 'DeviceMigration'; metadata: Meta; spec: DeviceMigrationSpec; status?: DeviceMigrationStatus }
 export interface DeviceNode { apiVersion: string; kind: 'DeviceNode'; metadata: Meta; spec: DeviceNodeSpec; status?: DeviceNodeStatus }
 export interface DeviceMigrationGroup { apiVersion: string; kind: 'DeviceMigrationGroup'; metadata: Meta; spec: DeviceMigrationGroupSpec; status?: DeviceMigrationGroupStatus }
 export interface OwnerReference { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }
+export interface DeviceRelease { apiVersion: string; kind: 'DeviceRelease'; metadata: Meta; spec: DeviceReleaseSpec; status?: DeviceReleaseStatus }
 export interface DeviceEvacuation { apiVersion: string; kind: 'DeviceEvacuation'; metadata: Meta; spec: DeviceEvacuationSpec; status?: DeviceEvacuationStatus }
 
 export const FIELD_MANAGER = 'devmig';
-type Plural = 'devicemigrations' | 'devicenodes' | 'deviceevacuations' | 'devicemigrationgroups';
+type Plural = 'devicemigrations' | 'devicenodes' | 'deviceevacuations' | 'devicemigrationgroups' | 'devicereleases';
+/** An object of devmig's that an Event can be about. */
+export type Involved = Pick<DeviceMigration, 'apiVersion' | 'metadata'> & { kind: string };
 const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
 
 type RequestContext = Parameters<k8s.KubeConfig['applySecurityAuthentication']>[0];
@@ -131,6 +135,19 @@ export class Kube {
     return this.patchStatus('devicemigrationgroups', name, status);
   }
 
+  getRelease(name: string): Promise<DeviceRelease | undefined> {
+    return this.get('devicereleases', name);
+  }
+
+  patchReleaseStatus(name: string, status: DeviceReleaseStatus): Promise<DeviceRelease> {
+    return this.patchStatus('devicereleases', name, status);
+  }
+
+  async createRelease(body: { metadata: { name?: string; generateName?: string }; spec: DeviceReleaseSpec }): Promise<DeviceRelease> {
+    return (await this.custom.createClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicereleases', fieldManager: FIELD_MANAGER, fieldValidation: 'Strict',
+      body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'DeviceRelease', ...body } })) as DeviceRelease;
+  }
+
   async listNodes(labelSelector?: string): Promise<string[]> {
     const r = await this.core.listNode(labelSelector ? { labelSelector } : {});
     return r.items.map((n) => n.metadata!.name!);
@@ -174,11 +191,11 @@ export class Kube {
     return (await notFoundAsUndefined(this.core.readNode({ name }))) !== undefined;
   }
 
-  async event(m: DeviceMigration, type: 'Normal' | 'Warning', reason: string, message: string, namespace = 'default'): Promise<void> {
+  async event(m: Involved, type: 'Normal' | 'Warning', reason: string, message: string, namespace = 'default'): Promise<void> {
     const now = new Date();
     await this.core.createNamespacedEvent({ namespace, body: {
       metadata: { generateName: `${m.metadata.name}.`, namespace },
-      involvedObject: { apiVersion: m.apiVersion, kind: 'DeviceMigration', name: m.metadata.name, ...(m.metadata.uid ? { uid: m.metadata.uid } : {}) },
+      involvedObject: { apiVersion: m.apiVersion, kind: m.kind, name: m.metadata.name, ...(m.metadata.uid ? { uid: m.metadata.uid } : {}) },
       type, reason, message: message.slice(0, 1000),
       firstTimestamp: now, lastTimestamp: now, count: 1,
       source: { component: 'devmig-controller' }, reportingComponent: 'devmig-controller', reportingInstance: process.env.HOSTNAME ?? 'local',
