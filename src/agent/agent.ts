@@ -19,6 +19,7 @@ import type { DeviceNodePublisher } from './publish.js';
 import { createAgentServer } from './server.js';
 import { SessionTable } from './sessions.js';
 import { commitFound } from './target.js';
+import { holding, recordFirstSight } from './occupancy.js';
 
 export interface AgentOptions {
   readonly log: Logger;
@@ -41,6 +42,7 @@ export class Agent {
     const devices = await openDevices(config, holder, opts.log);
     const ctx: AgentContext = { config, devices, journal, sessions: new SessionTable(), tls, log: opts.log, draining: false };
     await reconcile(ctx);
+    await recordFirstSight(ctx);
     const server = createAgentServer(ctx);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -53,6 +55,9 @@ export class Agent {
       const { DeviceNodePublisher } = await import('./publish.js');
       agent.publisher = new DeviceNodePublisher(ctx, config.kube.kubeconfig, agent.endpoint, config.kube.heartbeatSeconds * 1000);
       await agent.publisher.start();
+      // What a device holds is what the controller picks targets by: published as soon as it changes.
+      const publisher = agent.publisher;
+      journal.onOccupancy = () => publisher.soon();
     }
     opts.log.info({ node: config.node, endpoint: agent.endpoint, devices: devices.list().map((d) => d.name), holder }, 'agent ready');
     return agent;
@@ -154,7 +159,10 @@ async function reconcile(ctx: AgentContext): Promise<void> {
     else if (e.role === 'target' && commitFound(e.step, state)) step = state === 'STOP' ? 'commit:done' : `state:${state}`;
     else if (e.step === 'commit:intent') step = 'commit:interrupted';
     else if (e.step?.endsWith(':streaming') || e.step?.endsWith(':waiting') || e.step?.endsWith(':open')) step = `${e.step}>interrupted`;
-    if (step !== e.step) await ctx.journal.step(e.device, { step });
+    // A commit found on the device: it holds the migration's state (the answer recording it was lost).
+    const committed = !d.resetAtOpen && e.role === 'target' && commitFound(e.step, state);
+    const occupancy = committed && !(e.occupancy?.state === 'Holding' && e.occupancy.migration === e.migration) ? holding(e.migration, undefined) : undefined;
+    if (step !== e.step || occupancy) await ctx.journal.step(e.device, { step, ...(occupancy ? { occupancy } : {}) });
     ctx.log.info({ device: e.device, migration: e.migration, role: e.role, step, state }, 'reconciled device from the journal');
   }
 }

@@ -64,6 +64,12 @@ export const agentConfigSchema = z.strictObject({
     heartbeatSeconds: z.number().positive().default(5),
   }).optional(),
   devices: z.strictObject({
+    /**
+     * Devices known to hold nothing when the agent first sees them: free to receive. Any other device
+     * found then may hold a workload's state (a VM's), so it is never a target until released.
+     * Names, or "*" for every device (the local environment's simulated ones).
+     */
+    spare: z.array(z.union([z.literal('*'), objectName])).default([]),
     simulated: z.strictObject({ dir: z.string(), devices: z.array(simDevice) }).optional(),
     kernel: z.strictObject({
       sysfs: z.string().default('/sys'),

@@ -7,6 +7,8 @@ import { AgentError, notFound } from './errors.js';
 import { requestHash, type Journal } from './journal.js';
 import type { SessionTable } from './sessions.js';
 import type { TlsMaterial } from '../relay/h2.js';
+import type { PodAllocation } from '../api/types.js';
+import type { OccupancyRecord } from './journal.js';
 
 export interface AgentContext {
   readonly config: AgentConfig;
@@ -17,6 +19,8 @@ export interface AgentContext {
   tls: TlsMaterial;
   readonly log: Logger;
   draining: boolean;
+  /** The pods the kubelet allocated a device to (the PodResources API), when the agent reads it. */
+  allocations?: (device: string) => PodAllocation[];
 }
 
 export interface Reply {
@@ -26,6 +30,8 @@ export interface Reply {
   readonly step?: string;
   /** For an op: the migration lets go of the device with this answer, in the same durable write. */
   readonly release?: boolean;
+  /** For an op: what the device holds after it, recorded in the same durable write. */
+  readonly occupancy?: OccupancyRecord;
 }
 
 export function deviceOf(ctx: AgentContext, name: string): ManagedDevice {
@@ -78,7 +84,7 @@ export async function once(ctx: AgentContext, device: string, migration: string,
   const reply = (async () => {
     const r = await act();
     const rec = { op, request: hash, status: r.status, result: r.body, at: new Date().toISOString() };
-    await (r.release ? ctx.journal.release(device, migration, rec) : ctx.journal.recordOp(device, migration, rec, r.step));
+    await (r.release ? ctx.journal.release(device, migration, rec, r.occupancy) : ctx.journal.recordOp(device, migration, rec, { step: r.step, occupancy: r.occupancy }));
     return r;
   })();
   table.set(key, { hash, reply });

@@ -10,6 +10,7 @@ import { flagNames, type MigStateName } from '../vfio/uapi.js';
 import { AgentClient } from '../agentapi/client.js';
 import { hasCommitted } from './target.js';
 import { settleWithin } from '../async.js';
+import { freed, occupancyOf } from './occupancy.js';
 
 export async function setState(ctx: AgentContext, device: string, req: SetStateRequest): Promise<Reply> {
   const d = deviceOf(ctx, device);
@@ -34,7 +35,10 @@ export async function reset(ctx: AgentContext, device: string, req: ResetRequest
     // On record before the reset, like every move of a target but its commit (see hasCommitted).
     await ctx.journal.step(device, { step: 'reset:intent' });
     await d.device.reset();
-    await ctx.journal.step(device, { step: 'reset' });
+    // A target reset by its migration held nothing but that migration's partial state: free again.
+    // Any other device keeps its record: a reset never makes a device count as free on its own.
+    const e = ctx.journal.get(device);
+    await ctx.journal.step(device, { step: 'reset', ...(e.role === 'target' && e.migration === req.migration ? { occupancy: freed('RolledBack', req.migration) } : {}) });
     return { status: 200, body: { state: await d.device.getState() } };
   }));
 }
@@ -51,14 +55,18 @@ export async function release(ctx: AgentContext, device: string, req: ReleaseReq
     await ctx.journal.release(device, req.migration);
     return { status: 200, body: { released: true } };
   }
-  // STOP, then released, with the answer (its arcs) in the release's own journal write. Nothing is
-  // journaled before the arc: STOP is no runner, and a replay walks from wherever the device is.
+  // A source whose state now runs on its target: STOP, then a reset (no copy of the workload's state
+  // stays where another workload may read it), then released and free, with the answer (its arcs)
+  // in the release's own journal write. Nothing is journaled before: STOP is no runner, the target
+  // runs the state, and a replay walks from wherever the device is.
   return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
     idle();
     const now = await d.device.getState();
     const r = now === 'STOP' ? { arcs: [], state: now } : await d.device.setState('STOP');
     if (r.error) return arcsReply(r);
-    return { ...arcsReply(r, { released: true }), release: true };
+    await d.device.reset();
+    const occupancy = freed('SourceReleased', req.migration);
+    return { ...arcsReply({ ...r, state: await d.device.getState() }, { released: true, reset: true, occupancy }), release: true, occupancy };
   }));
 }
 
@@ -66,9 +74,11 @@ export async function deviceView(ctx: AgentContext, name: string): Promise<Devic
   const d = deviceOf(ctx, name);
   const e = ctx.journal.get(name);
   const state = await d.device.getState();
+  const occupancy = occupancyOf(ctx, name);
   return {
     name, kind: d.kind, flags: flagNames(d.flags), state,
     ...(e.migration ? { migration: e.migration } : {}), ...(e.role ? { role: e.role } : {}), ...(e.step ? { step: e.step } : {}),
+    ...(occupancy ? { occupancy } : {}),
   };
 }
 
@@ -156,7 +166,8 @@ async function cancelTarget(ctx: AgentContext, device: string, migration: string
   // A verified session is no longer active, but it must not stay Verified: a commit queued behind this
   // cancel (an armed one, or the controller's) would walk the reset, empty device to STOP and RUNNING.
   if (s?.role === 'target') finish(s, 'Cancelled', { code: 'Cancelled', message: 'the migration was cancelled on this node; the device was reset' });
-  await ctx.journal.step(device, { step: 'cancelled' });
+  // It was free before it received (mayReceive), and the reset took what it got: free again.
+  await ctx.journal.step(device, { step: 'cancelled', occupancy: freed('RolledBack', migration) });
   return { device, role: 'target', state: await d.device.getState() };
 }
 

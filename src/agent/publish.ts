@@ -25,6 +25,21 @@ export class DeviceNodePublisher {
 
   stop(): void {
     clearInterval(this.timer);
+    clearTimeout(this.pending);
+    this.stopped = true;
+  }
+
+  private pending: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  /** Publishes within a few milliseconds, once for any number of calls meanwhile (not on an op's path). */
+  soon(): void {
+    if (this.pending || this.stopped) return;
+    this.pending = setTimeout(() => {
+      this.pending = undefined;
+      this.publish().catch((e: unknown) => this.ctx.log.warn({ err: (e as Error).message }, 'DeviceNode update failed; the heartbeat tries again'));
+    }, 5);
+    this.pending.unref();
   }
 
   async publish(ready = !this.ctx.draining): Promise<void> {
@@ -34,6 +49,7 @@ export class DeviceNodePublisher {
       devices: devices.map((d) => ({
         name: d.name, kind: d.kind, flags: d.flags as Array<'STOP_COPY' | 'P2P' | 'PRE_COPY'>,
         state: d.state, ...(d.migration ? { migration: d.migration } : {}), ...(d.role ? { role: d.role } : {}),
+        ...(d.occupancy ? { occupancy: d.occupancy } : {}),
       })),
       heartbeat: new Date().toISOString(),
       ready,

@@ -8,11 +8,12 @@ import type { TLSSocket } from 'node:tls';
 import { z } from 'zod';
 import { serverOptions } from '../relay/h2.js';
 import { captureTrailers } from '../relay/receiver.js';
-import { cancelRequest, commitRequest, releaseRequest, objectName, receiveRequest, resetRequest, sendRequest, setStateRequest } from '../agentapi/types.js';
+import { cancelRequest, commitRequest, freeRequest, releaseRequest, objectName, receiveRequest, resetRequest, sendRequest, setStateRequest } from '../agentapi/types.js';
 import type { AgentContext, Reply } from './context.js';
 import { AgentError, badRequest } from './errors.js';
 import { AuthError, describeIdentity, identify, type Identity } from './identity.js';
 import { cancel, deviceView, migrationView, release, reset, setState } from './ops.js';
+import { freeDevice } from './occupancy.js';
 import { startSend } from './source.js';
 import { acceptStream, commit, prepareReceive, uncommit } from './target.js';
 
@@ -61,6 +62,7 @@ const routes: Route[] = [
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/state$/, who: 'controller', handle: (ctx, r) => setState(ctx, r.params[0]!, json(setStateRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/reset$/, who: 'controller', handle: (ctx, r) => reset(ctx, r.params[0]!, json(resetRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/release$/, who: 'controller', handle: (ctx, r) => release(ctx, r.params[0]!, json(releaseRequest, r.body)) },
+  { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/free$/, who: 'controller', handle: (ctx, r) => freeDevice(ctx, r.params[0]!, json(freeRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/receive$/, who: 'controller', handle: (ctx, r) => prepareReceive(ctx, r.params[0]!, json(receiveRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/send$/, who: 'controller', handle: (ctx, r) => startSend(ctx, r.params[0]!, json(sendRequest, r.body)) },
   { method: 'POST', path: /^\/v1\/devices\/([^/]+)\/commit$/, who: 'controller', handle: (ctx, r) => commit(ctx, r.params[0]!, json(commitRequest, r.body)) },

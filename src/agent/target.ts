@@ -12,11 +12,14 @@ import { arcsReply, claim, deviceOf, once, type AgentContext, type Reply } from 
 import { AgentError } from './errors.js';
 import { describeIdentity, sameTicket, type Identity } from './identity.js';
 import { finish, type ReceiveSession } from './sessions.js';
+import { freed, holding, mayReceive } from './occupancy.js';
 
 export async function prepareReceive(ctx: AgentContext, device: string, req: ReceiveRequest): Promise<Reply> {
   const d = deviceOf(ctx, device);
   claim(ctx, device, req.migration);
   return once(ctx, device, req.migration, req.op, req, () => d.exclusive(async () => {
+    // Only a free device receives, whatever the controller asked (DESIGN.md invariant 7).
+    mayReceive(ctx, device);
     limitSessions(ctx);
     await ctx.journal.step(device, { migration: req.migration, role: 'target', step: 'receive:prepare' });
     const r = await d.device.setState('RESUMING');
@@ -138,8 +141,9 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
     const j = ctx.journal.get(device);
     const state = j.migration === req.migration && j.role === 'target' ? await d.device.getState() : undefined;
     if (state && hasCommitted(j.step, state)) {
-      if (!req.resume || state === 'RUNNING') return { status: 200, body: { arcs: [], state, recovered: true } };
-      return { ...arcsReply(await d.device.setState('RUNNING'), { recovered: true }), step: 'state:RUNNING' };
+      const occupancy = j.occupancy?.state === 'Holding' && j.occupancy.migration === req.migration ? undefined : holding(req.migration, undefined);
+      if (!req.resume || state === 'RUNNING') return { status: 200, body: { arcs: [], state, recovered: true }, ...(occupancy ? { occupancy } : {}) };
+      return { ...arcsReply(await d.device.setState('RUNNING'), { recovered: true }), step: 'state:RUNNING', ...(occupancy ? { occupancy } : {}) };
     }
     const s = ctx.sessions.get(req.migration, device);
     if (!s || s.role !== 'target' || s.phase !== 'Verified') {
@@ -156,11 +160,13 @@ export async function commit(ctx: AgentContext, device: string, req: CommitReque
       return arcsReply(r);
     }
     finish(s, 'Committed');
-    if (!req.resume) return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done' };
+    // From the commit on the device holds the workload's state: recorded with the op's answer.
+    const occupancy = holding(req.migration, s.digest);
+    if (!req.resume) return { ...arcsReply(r, { bytes: s.bytes, digest: s.digest }), step: 'commit:done', occupancy };
     // Straight on to RUNNING (every moment here is downtime): a restart in between finds an ARMED
     // step and the device in STOP or later, which says the commit happened (hasCommitted).
     const run = await d.device.setState('RUNNING');
-    return { ...arcsReply({ ...run, arcs: [...r.arcs, ...run.arcs] }, { bytes: s.bytes, digest: s.digest }), step: 'state:RUNNING' };
+    return { ...arcsReply({ ...run, arcs: [...r.arcs, ...run.arcs] }, { bytes: s.bytes, digest: s.digest }), step: 'state:RUNNING', occupancy };
   }));
 }
 
@@ -185,7 +191,7 @@ export async function uncommit(ctx: AgentContext, device: string, req: CommitReq
     await ctx.journal.step(device, { step: 'uncommit:intent' });
     await d.device.reset();
     finish(s, 'Cancelled', { code: 'Uncommitted', message: 'the group this device belongs to rolled back; its commit was taken back before it ran' });
-    await ctx.journal.step(device, { step: 'uncommitted' });
+    await ctx.journal.step(device, { step: 'uncommitted', occupancy: freed('RolledBack', req.migration) });
     return { status: 200, body: { uncommitted: true, state: await d.device.getState() } };
   }));
 }

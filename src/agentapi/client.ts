@@ -5,9 +5,10 @@
 import { connect, type ClientHttp2Session } from 'node:http2';
 import { once } from 'node:events';
 import type {
-  CancelRequest, CommitRequest, DeviceView, ReceiveRequest, ReleaseRequest, ResetRequest, SendRequest, SessionView, SetStateRequest,
+  CancelRequest, CommitRequest, DeviceView, FreeRequest, ReceiveRequest, ReleaseRequest, ResetRequest, SendRequest, SessionView, SetStateRequest,
 } from './types.js';
 import type { ArcResult } from '../vfio/device.js';
+import type { Occupancy } from '../api/types.js';
 import { clientOptions, type TlsMaterial } from '../relay/h2.js';
 
 export interface ArcsAnswer {
@@ -43,6 +44,8 @@ export class AgentClient {
   receive = (d: string, r: ReceiveRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/receive`, r);
   send = (d: string, r: SendRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/send`, r);
   commit = (d: string, r: CommitRequest) => this.call<ArcsAnswer>('POST', `/v1/devices/${enc(d)}/commit`, r);
+  /** A DeviceRelease: reset the device and record it free (refused while a migration or a pod has it). */
+  free = (d: string, r: FreeRequest) => this.call<{ freed: boolean; state: string; occupancy: Occupancy; previous?: Occupancy; replayed?: boolean }>('POST', `/v1/devices/${enc(d)}/free`, r);
   uncommit = (d: string, r: CommitRequest) => this.call<{ uncommitted: boolean; state?: string }>('POST', `/v1/devices/${enc(d)}/uncommit`, r);
   /** With `waitMs`, the agent answers once its send sessions of `m` ended, or after waitMs. */
   migration = (m: string, waitMs = 0) => this.call<{ sessions: SessionView[] }>('GET', `/v1/migrations/${enc(m)}${waitMs > 0 ? `?wait=${waitMs}` : ''}`);

@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { STATE_NAMES } from '../vfio/uapi.js';
+import type { Occupancy } from '../api/types.js';
 
 /** Kubernetes object names (DNS-1123 subdomain), which also keeps paths and file names safe. */
 export const objectName = z.string().max(253).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a lowercase DNS name (a-z, 0-9, "-", ".")');
@@ -55,6 +56,14 @@ export const commitRequest = z.strictObject({
   /** Once committed, run the device (STOP -> RUNNING) in the same op: one round trip less of downtime. */
   resume: z.boolean().optional(),
 });
+/** A DeviceRelease, carried out by the device's agent: reset the device, and record it free. */
+export const freeRequest = z.strictObject({
+  op: opName,
+  /** The DeviceRelease object: a repeat for the same one answers what the first did. */
+  release: objectName,
+  /** Who asked, as the DeviceRelease records it. */
+  requestedBy: z.string().min(1).max(256).optional(),
+});
 export const cancelRequest = z.strictObject({ op: opName, reason: z.string().max(1024).optional() });
 
 export type SetStateRequest = z.infer<typeof setStateRequest>;
@@ -64,6 +73,7 @@ export type ReceiveRequest = z.infer<typeof receiveRequest>;
 export type SendRequest = z.input<typeof sendRequest>;
 export type CommitRequest = z.infer<typeof commitRequest>;
 export type CancelRequest = z.infer<typeof cancelRequest>;
+export type FreeRequest = z.infer<typeof freeRequest>;
 
 export type SessionPhase = 'Waiting' | 'Streaming' | 'Sent' | 'Verified' | 'Committed' | 'Failed' | 'Cancelled' | 'Interrupted';
 
@@ -95,4 +105,6 @@ export interface DeviceView {
   readonly role?: 'source' | 'target';
   readonly step?: string;
   readonly stopCopyBytes?: number;
+  /** What the device holds: only a Free one receives. */
+  readonly occupancy?: Occupancy;
 }

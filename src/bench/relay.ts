@@ -84,7 +84,7 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
       const cfg = {
         node, listen: { host, port }, stateDir: join(dir, node, 'state'), holder: false, digest,
         tls: { ca: join(pki, 'ca.crt'), cert: join(pki, `agent-${node}.crt`), key: join(pki, `agent-${node}.key`) },
-        devices: { simulated: { dir: join(dir, node, 'sim'), devices: [{ name: 'sim-0', stateSize: size, pageSize: MiB }] } },
+        devices: { spare: ['*'], simulated: { dir: join(dir, node, 'sim'), devices: [{ name: 'sim-0', stateSize: size, pageSize: MiB }] } },
       };
       await writeFile(join(dir, `${node}.json`), JSON.stringify(cfg));
       const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, devmig, 'agent', '--config', join(dir, `${node}.json`)], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEVMIG_LOG_LEVEL: 'warn' } });

@@ -31,8 +31,10 @@ export async function makePki(dir: string): Promise<Pki> {
 
 export interface SimSpec { name: string; stateSize?: string; dirtyRate?: string; flags?: string[] }
 
+/** `extra.spare` (default every device) is the config's devices.spare, `extra.devices` more device sources; other keys are top-level settings. */
 export async function agentConfig(dir: string, pki: Pki, node: string, host: string, devices: SimSpec[], extra: Record<string, unknown> = {}): Promise<AgentConfig> {
   await pki.agent(node);
+  const { spare = ['*'], devices: more = {}, ...rest } = extra as { spare?: string[]; devices?: Record<string, unknown> };
   const raw = {
     node,
     listen: { host, port: 0 },
@@ -40,8 +42,10 @@ export async function agentConfig(dir: string, pki: Pki, node: string, host: str
     tls: { ca: join(pki.dir, 'ca.crt'), cert: join(pki.dir, `agent-${node}.crt`), key: join(pki.dir, `agent-${node}.key`) },
     holder: false,
     drainSeconds: 2,
-    devices: { simulated: { dir: join(dir, node, 'sim'), devices: devices.map((d) => ({ stateSize: '4Mi', ...d })) } },
-    ...extra,
+    devices: {
+      spare, ...(devices.length ? { simulated: { dir: join(dir, node, 'sim'), devices: devices.map((d) => ({ stateSize: '4Mi', ...d })) } } : {}), ...more,
+    },
+    ...rest,
   };
   await mkdir(join(dir, node), { recursive: true });
   await writeFile(join(dir, node, 'agent.json'), JSON.stringify(raw));

@@ -91,15 +91,19 @@ describe('agent: a migration through the control API', () => {
     expect((await dst.device('sim-0'))).toMatchObject({ migration: 'm1', role: 'target', step: 'state:RUNNING' });
     await dst.release('sim-0', { migration: 'm1', op: 'release' });
     expect((await dst.device('sim-0')).migration).toBeUndefined();
-    // The source: to STOP and released in one op, its answer in the release's one journal write.
+    // The target holds the workload's state now, recorded with its commit; it survives the release.
+    expect((await dst.device('sim-0')).occupancy).toMatchObject({ state: 'Holding', reason: 'Migrated', migration: 'm1', digest: s.digest });
+    // The source: to STOP, reset (no copy of the state stays behind) and released in one op, its
+    // answer and its new occupancy (free) in the release's one journal write.
     let writes = 0;
     const update = source.ctx.journal.release.bind(source.ctx.journal);
     source.ctx.journal.release = async (...args) => { writes++; return update(...args); };
     const rs = await src.release('sim-0', { migration: 'm1', op: 'release-stop', stop: true });
-    expect(rs).toMatchObject({ released: true, state: 'STOP' });
+    expect(rs).toMatchObject({ released: true, reset: true, state: 'RUNNING' });
     expect(rs.arcs?.map((a) => `${a.from}>${a.to}:${a.result}`)).toEqual(['STOP_COPY>STOP:Succeeded']);
     expect(writes).toBe(1);
-    expect(await src.device('sim-0')).toMatchObject({ state: 'STOP', step: 'released:m1' });
+    expect(await src.device('sim-0')).toMatchObject({ state: 'RUNNING', step: 'released:m1', occupancy: { state: 'Free', reason: 'SourceReleased', migration: 'm1' } });
+    expect((await simDigest(simDir(source), 'sim-0')).sha256).not.toBe(before.sha256);
     expect((await src.device('sim-0')).migration).toBeUndefined();
     expect(await src.release('sim-0', { migration: 'm1', op: 'release-stop', stop: true })).toEqual({ ...rs, replayed: true });
   });
