@@ -80,13 +80,20 @@ export async function act(step: Step, c: StepContext): Promise<Outcome> {
   const name = m.metadata.name;
   const src = m.spec.source.device;
   switch (step) {
-    case 'PrepareTarget':
+    case 'PrepareTarget': {
       // Armed (status.commitOnVerify, recorded before this step): the target runs the Commit step's op
       // itself the moment the stream is verified; the Commit step then reads its answer.
-      return call('target', () => peers.target.receive(targetDevice, {
+      const o = await call('target', () => peers.target.receive(targetDevice, {
         migration: name, op: 'prepare', ticket, sourceNode: m.spec.source.node,
         ...(m.status?.commitOnVerify ? { commitOnVerify: commitOp(c) } : {}),
       }));
+      // A device the controller picked, which its agent says is not free (filled since its DeviceNode
+      // was read): nothing ran, so validation picks again. A device the spec named fails as it is.
+      if (o.event.kind === 'failed' && o.event.reason === 'DeviceOccupied' && !m.spec.target.device) {
+        return { event: { kind: 'repick', message: `target ${m.spec.target.node}/${targetDevice} refused: ${o.event.message}; picking another` } };
+      }
+      return o;
+    }
     case 'StartSend': {
       // A group member stopping from RUNNING first waits until every sibling's source is in RUNNING_P2P.
       const q = c.group && !c.precopy ? await quiesce(c, 'RUNNING_P2P') : undefined;

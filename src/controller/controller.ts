@@ -15,6 +15,7 @@ import { WorkQueue } from './queue.js';
 import { Reconciler } from './reconcile.js';
 import { EVACUATION_LABEL, Evacuator } from './evacuation.js';
 import { GROUP_LABEL, GroupReconciler } from './group.js';
+import { ReleaseReconciler } from './release.js';
 
 export interface ControllerOptions {
   readonly kube: Kube;
@@ -43,6 +44,7 @@ export class Controller {
   private readonly reconciler: Reconciler;
   private readonly evacuations: WorkQueue;
   private readonly groups: WorkQueue;
+  private readonly releases: WorkQueue;
 
   constructor(private readonly o: ControllerOptions) {
     this.reconciler = new Reconciler({ kube: o.kube, tls: o.tls, ticketSecret: o.ticketSecret, log: o.log, metrics: this.metrics,
@@ -55,6 +57,8 @@ export class Controller {
     this.evacuations = this.queueOf('evacuation', (name) => evacuator.reconcile(name), 1, 500);
     const grouper = new GroupReconciler({ kube: o.kube, log: o.log });
     this.groups = this.queueOf('group', (name) => grouper.reconcile(name), 2, 500);
+    const releaser = new ReleaseReconciler({ kube: o.kube, log: o.log, agent: (n) => this.reconciler.client(n) });
+    this.releases = this.queueOf('release', (name) => releaser.reconcile(name), 1, 500);
   }
 
   /** A work queue whose failures count as reconcile errors and are logged with the object's kind. */
@@ -90,6 +94,7 @@ export class Controller {
     this.queue.stop();
     this.evacuations.stop();
     this.groups.stop();
+    this.releases.stop();
     this.reconciler.close();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
@@ -107,6 +112,7 @@ export class Controller {
     });
     await this.watchKind('deviceevacuations', (e) => this.evacuations.add(e.metadata!.name!));
     await this.watchKind('devicemigrationgroups', (g) => this.groups.add(g.metadata!.name!));
+    await this.watchKind('devicereleases', (r, type) => { if (type !== 'delete') this.releases.add(r.metadata!.name!); });
   }
 
   private async watchKind(plural: string, enqueue: (o: k8s.KubernetesObject, type: 'add' | 'update' | 'delete') => void): Promise<void> {

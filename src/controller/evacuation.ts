@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { isFinalPhase, type Condition, type DeviceEvacuationStatus } from '../api/types.js';
 import type { DeviceEvacuation, DeviceMigration, DeviceNode, Kube } from '../kube/kube.js';
 import { stamped } from './conditions.js';
-import { agentReady, inFlight, occupied } from './validate.js';
+import { agentReady, inFlight, isFree } from './validate.js';
 
 export const EVACUATION_LABEL = 'devmig.io/evacuation';
 const FAILED = new Set(['Failed', 'RolledBack', 'Cancelled']);
@@ -75,9 +75,10 @@ export class Evacuator {
         conditions.push({ type: 'Ready', status: 'False', reason: 'AgentNotReady', message: `spec.node: node ${e.spec.node} has no ready devmig agent (no fresh DeviceNode); waiting for it` });
         return this.write(e, { phase: 'Pending', conditions: this.conds(e, conditions), startedAt: e.status?.startedAt ?? new Date(this.now()).toISOString() }, 2000);
       }
-      // In use: RUNNING (a workload runs on it), able to migrate, and not already moving elsewhere.
+      // What its agent says holds a workload's state or a pod has (not the spare, free ones), able to
+      // migrate, and not already moving elsewhere.
       wanted = (source.status?.devices ?? [])
-        .filter((x) => x.state === 'RUNNING' && x.flags.includes('STOP_COPY') && (!x.migration || x.migration.startsWith(`${name}-`)))
+        .filter((x) => !isFree(x) && x.flags.includes('STOP_COPY') && (!x.migration || x.migration.startsWith(`${name}-`)))
         .map((x) => x.name);
     }
 
@@ -167,12 +168,12 @@ export class Evacuator {
     ]);
     const cordoned = new Set(evacuations.filter((x) => !x.metadata.deletionTimestamp && !x.spec.cancel).map((x) => x.spec.node));
     const candidates = new Set(nodes.filter((n) => n !== e.spec.node && !cordoned.has(n)));
-    const taken = new Set([...inFlight(all).keys(), ...occupied(all)]);
+    const taken = new Set(inFlight(all).keys());
     const out = new Map<string, DeviceNode>();
     for (const dn of deviceNodes) {
       const n = dn.metadata.name;
       if (!candidates.has(n) || !agentReady(dn, this.now())) continue;
-      const devices = (dn.status?.devices ?? []).filter((x) => !x.migration && !taken.has(`${n}/${x.name}`) && x.flags.includes('STOP_COPY')
+      const devices = (dn.status?.devices ?? []).filter((x) => isFree(x) && !x.migration && !taken.has(`${n}/${x.name}`) && x.flags.includes('STOP_COPY')
         && (!source || source.status?.devices?.find((s) => s.kind === x.kind)));
       out.set(n, { ...dn, status: { ...dn.status, devices } });
     }
@@ -185,7 +186,6 @@ export class Evacuator {
     const needs = strategy === 'PreCopy' ? ['STOP_COPY', 'PRE_COPY'] : ['STOP_COPY'];
     let best: { node: string; device: string; left: number } | undefined;
     for (const [node, dn] of free) {
-      // A device some migration left stopped surely holds no workload: those first.
       const fits = (dn.status?.devices ?? []).filter((x) => needs.every((f) => x.flags.includes(f as never)) && flags.every((f) => x.flags.includes(f)))
         .sort((a, b) => Number(a.state === 'RUNNING') - Number(b.state === 'RUNNING'));
       if (fits.length && (!best || fits.length > best.left)) best = { node, device: fits[0]!.name, left: fits.length };

@@ -32,7 +32,12 @@ export type Event =
    * The rollback found the target committed: armed to commit on its own verdict (status.commitOnVerify),
    * it verified the stream and ran before the rollback reached it. It is the runner: finish instead.
    */
-  | { kind: 'committed'; message: string };
+  | { kind: 'committed'; message: string }
+  /**
+   * The target the controller picked refused to receive (DeviceOccupied: it was filled or given to a
+   * pod after the controller read its DeviceNode). Nothing ran: pick again.
+   */
+  | { kind: 'repick'; message: string };
 
 export interface Transition {
   readonly step: Step;
@@ -90,6 +95,8 @@ export function next(step: Step, ev: Event): Transition {
       return { step, waiting: ev.message };
     case 'committed':
       return step === 'RollBack' ? { step: 'Commit', overtaken: ev.message } : { step };
+    case 'repick':
+      return step === 'PrepareTarget' ? { step: 'Pending', waiting: ev.message } : { step };
     case 'groupAbort':
       // The reconciler sends this only while the member's target has not run: up to ResumeTarget a
       // committed target still sits in STOP, and its commit can be taken back (agent uncommit).

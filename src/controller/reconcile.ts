@@ -230,7 +230,7 @@ export class Reconciler {
     }
     // Alone, the target commits the moment it has verified the stream (no controller round trip in the
     // downtime): the intent is recorded here, before PrepareTarget arms it. Group members commit together.
-    const s: Status = { ...status, targetDevice: v.targetDevice, startedAt: new Date(this.now()).toISOString(), ...(m.spec.group ? {} : { commitOnVerify: true }) };
+    const s: Status = { ...status, targetDevice: v.targetDevice, startedAt: status.startedAt ?? new Date(this.now()).toISOString(), ...(m.spec.group ? {} : { commitOnVerify: true }) };
     return this.apply(m, s, 'Pending', next('Pending', { kind: 'ok' }), [], pass);
   }
 
@@ -268,7 +268,8 @@ export class Reconciler {
       await this.save(m, s, pass);
     }
     this.report(m, from, t, arcs, pass.events, status.phase);
-    if (t.step !== from) return { moved: true };
+    // A move back to pick again (a target refused) waits a moment for its agent's DeviceNode to tell.
+    if (t.step !== from) return t.waiting ? { moved: false, requeueAfterMs: 500 } : { moved: true };
     return { moved: false, requeueAfterMs: t.blocked ? 1000 : t.waiting ? BARRIER_POLL_MS : POLL_MS };
   }
 
@@ -390,12 +391,17 @@ export class Reconciler {
 
   /**
    * Validation's reads: the migrations fresh (they say which devices are taken, and validations one
-   * after another must see each other's choices); Nodes and DeviceNodes that exist from the caches,
-   * as the steps read them (an agent's readiness is its heartbeat's age, which a cache only ages).
+   * after another must see each other's choices), and the DeviceNodes too (what each device holds
+   * changes with every migration and release: a cached one could offer a device that was just
+   * filled); Nodes that exist from the cache.
    */
   private readonly reads: ValidationReads = {
     listMigrations: (selector?: string) => this.d.kube.listMigrations(selector),
-    getDeviceNode: (name: string) => this.deviceNode(name),
+    getDeviceNode: async (name: string) => {
+      const node = await this.d.kube.getDeviceNode(name);
+      this.nodes.set(name, { node, at: this.now() });
+      return node;
+    },
     nodeExists: async (name: string) => {
       const at = this.known.get(name);
       if (at !== undefined && this.now() - at < NODE_CACHE_MS) return true;
@@ -419,7 +425,8 @@ export class Reconciler {
     return { source: this.client(sourceNode), target: this.client(targetNode), sourceNode, targetNode };
   }
 
-  private client(n: DeviceNode): AgentClient {
+  /** The control API client of a node's agent, kept alive per endpoint (also the DeviceReleases'). */
+  client(n: DeviceNode): AgentClient {
     let c = this.clients.get(n.spec.endpoint);
     if (!c) {
       c = new AgentClient(n.spec.endpoint, this.d.tls, 10_000);

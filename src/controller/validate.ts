@@ -5,6 +5,7 @@
  */
 import { isFinalPhase } from '../api/types.js';
 import type { DeviceMigration, DeviceNode, Kube } from '../kube/kube.js';
+import { describeOccupancy, isFree as isFreeOccupancy } from '../api/occupancy.js';
 
 /** `retry`: the answer may change by itself (an agent not ready yet, a device still held): ask again. */
 export type Validation = { ok: true; targetDevice: string } | { ok: false; reason: string; message: string; retry?: boolean };
@@ -19,22 +20,13 @@ export function agentReady(dn: DeviceNode, now = Date.now()): boolean {
 const TRANSIENT = new Set(['AgentNotReady', 'DeviceBusy', 'NoFreeDevice']);
 const fail = (reason: string, message: string): Validation => ({ ok: false, reason, message, retry: TRANSIENT.has(reason) });
 
+type NodeDevice = NonNullable<NonNullable<DeviceNode['status']>['devices']>[number];
+
 /**
- * Devices that run state some migration moved there: the target of a Succeeded migration that no
- * later migration moved away again. An agent cannot tell a spare RUNNING device from a busy one;
- * the migrations' history can, for every device devmig itself filled.
+ * Whether a device may receive: its agent records it free and no pod has it (DESIGN.md invariant 7).
+ * The agent is the authority and refuses anything else itself; the controller reads its DeviceNode.
  */
-export function occupied(migrations: DeviceMigration[]): Set<string> {
-  const done = migrations.filter((m) => m.status?.phase === 'Succeeded' && m.status.committedAt)
-    .sort((a, b) => Date.parse(a.status!.committedAt!) - Date.parse(b.status!.committedAt!));
-  const out = new Set<string>();
-  for (const m of done) {
-    out.delete(`${m.spec.source.node}/${m.spec.source.device}`);
-    const dev = m.status?.targetDevice ?? m.spec.target.device;
-    if (dev) out.add(`${m.spec.target.node}/${dev}`);
-  }
-  return out;
-}
+export const isFree = (d: Pick<NodeDevice, 'occupancy'>): boolean => isFreeOccupancy(d.occupancy);
 
 /**
  * node/device -> the unfinished migration that names it (source, or target once chosen). The
@@ -76,7 +68,7 @@ export async function validate(kube: ValidationReads, m: DeviceMigration): Promi
   const busy = inFlight(all, m.metadata.name);
   const holder = busy.get(`${source.node}/${source.device}`);
   if (holder) return fail('DeviceBusy', `spec.source.device: device ${source.device} on ${source.node} is in use by migration ${holder}; this one waits for it`);
-  const pick = pickTarget(m, tn!, busy, occupied(all));
+  const pick = pickTarget(m, tn!, busy);
   if (typeof pick === 'object' && 'ok' in pick) return pick;
   if (m.spec.strategy === 'PreCopy' && !(sd.flags.includes('PRE_COPY') && pick.flags.includes('PRE_COPY'))) {
     return fail('FlagsIncompatible', `spec.strategy: PreCopy needs PRE_COPY on both devices (${source.device}: ${sd.flags.join(',')}; ${pick.name}: ${pick.flags.join(',')}); use StopCopy or Auto`);
@@ -84,29 +76,41 @@ export async function validate(kube: ValidationReads, m: DeviceMigration): Promi
   return { ok: true, targetDevice: pick.name };
 }
 
-type NodeDevice = NonNullable<NonNullable<DeviceNode['status']>['devices']>[number];
-
 /**
- * The target device: the one named, or a free one that can migrate: no migration holds it, none
- * put a workload's state there that is still on it; one some migration left stopped first.
+ * The target device: the one named, or a free one that can migrate and no migration is about to
+ * take. A named device that holds a workload's state, or that a pod has, fails at once: waiting
+ * would not change it, only a release (which resets it) would.
  */
-function pickTarget(m: DeviceMigration, tn: DeviceNode, busy: Map<string, string>, filled: Set<string>): NodeDevice | Validation {
+function pickTarget(m: DeviceMigration, tn: DeviceNode, busy: Map<string, string>): NodeDevice | Validation {
   const { source, target } = m.spec;
   const candidates = (tn.status?.devices ?? []).filter((d) => !target.device || d.name === target.device);
   if (target.device && candidates.length === 0) {
     return fail('DeviceNotFound', `spec.target.device: node ${target.node} has no device ${target.device} (it has: ${names(tn)}); fix spec.target.device`);
   }
-  const holder = target.device ? busy.get(`${target.node}/${target.device}`) : undefined;
+  const holder = target.device ? busy.get(`${target.node}/${target.device}`) ?? foreign(candidates[0]!, m) : undefined;
   if (holder) return fail('DeviceBusy', `spec.target.device: device ${target.device} on ${target.node} is in use by migration ${holder}; this one waits for it`);
+  if (target.device && !isFree(candidates[0]!)) {
+    return fail('DeviceOccupied', `spec.target.device: device ${target.device} on ${target.node} ${describeOccupancy(candidates[0]!.occupancy)}; it cannot receive another workload's state. ` +
+      `Pick another device (or leave spec.target.device unset to get a free one), or release this one first: kubectl devmig release ${target.node}/${target.device} (a DeviceRelease resets it)`);
+  }
   const pick = candidates
-    .filter((d) => target.device || (!busy.has(`${target.node}/${d.name}`) && !filled.has(`${target.node}/${d.name}`)))
+    .filter((d) => target.device || (isFree(d) && !busy.has(`${target.node}/${d.name}`)))
     .sort((a, b) => Number(a.state === 'RUNNING') - Number(b.state === 'RUNNING'))
-    .find((d) => d.flags.includes('STOP_COPY') && (!d.migration || d.migration === m.metadata.name)
-      && !(target.node === source.node && d.name === source.device));
+    .find((d) => d.flags.includes('STOP_COPY') && !foreign(d, m) && !(target.node === source.node && d.name === source.device));
   if (pick) return pick;
-  return fail(target.device ? 'DeviceBusy' : 'NoFreeDevice', target.device
-    ? `spec.target.device: device ${target.device} on ${target.node} cannot receive: it is in use or has no migration support`
-    : `spec.target.node: node ${target.node} has no free device with migration support; set spec.target.device or free one`);
+  return fail(target.device ? 'MigrationUnsupported' : 'NoFreeDevice', target.device
+    ? `spec.target.device: device ${target.device} on ${target.node} has no migration support (its driver lacks VFIO_MIGRATION_STOP_COPY); pick another device`
+    : `spec.target.node: node ${target.node} has no free device with migration support (${occupancyList(tn)}); this one waits for one. ` +
+      'Free one with kubectl devmig release NODE/DEVICE, or set spec.target.node to another node');
+}
+
+/** The migration in flight on a device by its DeviceNode, when it is another one than `m`. */
+function foreign(d: NodeDevice, m: DeviceMigration): string | undefined {
+  return d.migration && d.migration !== m.metadata.name ? d.migration : undefined;
+}
+
+function occupancyList(n: DeviceNode): string {
+  return (n.status?.devices ?? []).map((d) => `${d.name}: ${d.migration ? `migration ${d.migration}` : d.occupancy ? `${d.occupancy.state} (${d.occupancy.reason})` : 'no record'}`).join(', ') || 'no devices';
 }
 
 function names(n: { status?: { devices?: Array<{ name: string }> } }): string {

@@ -1,5 +1,5 @@
 /**
- * DeviceEvacuation on the local control plane: every in-use device leaves the node, no more at once
+ * DeviceEvacuation on the local control plane: every device that holds a workload's state leaves the node (the spare, free ones stay), no more at once
  * than spec.maxParallel and the controller's cluster-wide limit allow, onto nodes the selector
  * admits; its status adds up; cancel rolls back what runs and starts nothing; applying the same
  * YAML again changes nothing, and the controller never writes an evacuation's spec.
@@ -7,13 +7,17 @@
 import * as k8s from '@kubernetes/client-node';
 import { API_VERSION } from '../../src/api/names.js';
 import { EVACUATION_LABEL } from '../../src/controller/evacuation.js';
-import { occupied } from '../../src/controller/validate.js';
 import { FIELD_MANAGER, type DeviceEvacuation } from '../../src/kube/kube.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { FINAL } from '../helpers/faults.js';
 import { localCluster } from '../helpers/local.js';
 
-const local = localCluster('evacuation', { nodes: 5, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.17', evacuationMaxParallelTotal: 2 });
+// node-1, -2 and -3 start with their devices in use (FoundInUse: their agents declare none spare), so
+// there is something to evacuate; node-4's and node-5's are spare: free targets.
+const local = localCluster('evacuation', {
+  nodes: 5, devices: 3, stateSize: '4Mi', loopbackPrefix: '127.0.17', evacuationMaxParallelTotal: 2,
+  spare: { 'node-1': [], 'node-2': [], 'node-3': [] },
+});
 const GITOPS = 'argocd-controller';
 
 const simDir = (node: string) => local.simDir(node);
@@ -65,11 +69,12 @@ async function quiet(node: string): Promise<void> {
   }
 }
 
-/** A node (not `but`) whose three devices all are free to receive, labelled pool=<pool>. */
+/** A node (not `but`) whose three devices all are free to receive (their agents say so), labelled pool=<pool>. */
 async function spareNode(but: string, pool: string): Promise<string> {
-  const busy = occupied(await local.kube.listMigrations());
-  const node = ['node-1', 'node-2', 'node-3', 'node-4'].find((n) => n !== but && DEVICES.every((d) => !busy.has(`${n}/${d}`)));
-  if (!node) throw new Error(`no node with three free devices: ${[...busy].join(', ')}`);
+  const nodes = await local.kube.listDeviceNodes();
+  const free = (n: string) => nodes.find((x) => x.metadata.name === n)?.status?.devices?.filter((d) => d.occupancy?.state === 'Free' && !d.migration).length === 3;
+  const node = ['node-1', 'node-2', 'node-3', 'node-4'].find((n) => n !== but && free(n));
+  if (!node) throw new Error(`no node with three free devices: ${JSON.stringify(nodes.map((n) => [n.metadata.name, n.status?.devices?.map((d) => d.occupancy?.state)]))}`);
   await local.kube.core.patchNode({ name: node, body: { metadata: { labels: { pool } } } }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
   return node;
 }
@@ -88,6 +93,12 @@ it('moves every device off the node, one at a time, with the state intact; apply
     expect((await simDigest(simDir(dev.targetNode!), dev.targetDevice!)).sha256).toBe(before[i]!.sha256);
   }
   // Three devices, three distinct targets: a device that just received one is not free for the next.
+  // Each source was reset once its target ran, and is free (the state lives on the target only).
+  const after = (await local.kube.getDeviceNode('node-1'))!.status!.devices!;
+  for (const [i, d] of DEVICES.entries()) {
+    expect(after.find((x) => x.name === d)?.occupancy).toMatchObject({ state: 'Free', reason: 'SourceReleased', migration: `drain-node-1-${d}` });
+    expect((await simDigest(simDir('node-1'), d)).sha256).not.toBe(before[i]!.sha256);
+  }
   expect(new Set(e!.status!.devices!.map((d) => `${d.targetNode}/${d.targetDevice}`)).size).toBe(3);
 
   // GitOps: the controller wrote status only; applying the same YAML is a no-op.
@@ -103,7 +114,7 @@ it('moves every device off the node, one at a time, with the state intact; apply
 
   // Succeeded, it still cordons node-1: an evacuation that may only go there finds no target.
   await local.kube.core.patchNode({ name: 'node-1', body: { metadata: { labels: { pool: 'drained' } } } }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
-  const spec = { node: 'node-5', targetNodeSelector: { matchLabels: { pool: 'drained' } } };
+  const spec = { node: 'node-2', targetNodeSelector: { matchLabels: { pool: 'drained' } } };
   await apply('drain-onto-1', spec);
   const { es: [w] } = await follow(['drain-onto-1'], ([x]) => Boolean(x?.status?.conditions?.some((c) => c.reason === 'NoTarget')), 30_000);
   expect(w!.status?.counts).toMatchObject({ total: 3, waiting: 3, running: 0 });

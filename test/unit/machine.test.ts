@@ -39,11 +39,18 @@ describe('migration state machine', () => {
     ['ReleaseSource', abort, 'ReleaseSource'],
     ['RollBack', abort, 'RollBack'],
     ['RolledBack', abort, 'RolledBack'],
+    // A target the controller picked refused (it was filled meanwhile): nothing ran, pick again.
+    ['PrepareTarget', { kind: 'repick', message: 'r' }, 'Pending'],
+    ['Streaming', { kind: 'repick', message: 'r' }, 'Streaming'],
   ];
   it.each(rows.map(([s, e, w, r]) => [s, e, w, r ?? null] as const))('%s + %j -> %s', (step, ev, want, reason) => {
     const t = next(step, ev);
     expect(t.step).toBe(want);
     expect(t.failure?.reason ?? null).toBe(reason);
+  });
+
+  it('a repick says why it picks again, and fails nothing', () => {
+    expect(next('PrepareTarget', { kind: 'repick', message: 'sim-0 refused' })).toEqual({ step: 'Pending', waiting: 'sim-0 refused' });
   });
 
   it('a waiting member says what it waits for', () => {
