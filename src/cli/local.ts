@@ -14,7 +14,8 @@ export function registerLocal(program: Command, io: Io): void {
   const local = program.command('local').description('a local devmig: real kube-apiserver, agents with simulated devices, controller');
   const up = local.command('up').description('start it (builds the kube-apiserver on first use; idempotent)');
   addUpOptions(up).action((o: UpOpts) => up_(o, io));
-  local.command('down').description('stop everything `local up` started (idempotent)')
+  local.command('down').description('stop everything `local up` started and start the next one fresh: the simulated devices\' memory, '
+    + 'the API server\'s data (every DeviceMigration) and the agents\' journals all go, together (idempotent)')
     .option('--dir <dir>', 'where the local environment lives', '.devmig')
     .action(async (o: { dir: string }) => (await env()).localDown(o.dir, (t) => io.out(t)));
   const demo = local.command('demo').description('local up, then migrate node-1/sim-0 to node-2 and watch it, then check the digest');

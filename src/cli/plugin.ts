@@ -7,7 +7,8 @@ import { stringify } from 'yaml';
 import { API_VERSION } from '../api/names.js';
 import { isFinalPhase } from '../api/types.js';
 import { formatBytes } from '../api/quantity.js';
-import { Kube, type DeviceEvacuation, type DeviceMigration } from '../kube/kube.js';
+import { Kube, type DeviceEvacuation, type DeviceMigration, type DeviceRelease } from '../kube/kube.js';
+import { occupancyCell } from '../api/occupancy.js';
 import { CliError, jsonLine, processIo, table, type Io } from './output.js';
 
 type Format = 'text' | 'json' | 'yaml';
@@ -80,8 +81,25 @@ export function buildPlugin(io: Io, kube: () => Kube): Command {
       const nodes = (await kube().listDeviceNodes()).filter((n) => !node || n.metadata.name === node);
       if (node && nodes.length === 0) throw new CliError(`no DeviceNode ${node}: is the devmig agent running on that node?`);
       const rows = nodes.flatMap((n) => (n.status?.devices ?? []).map((d) => ({ node: n.metadata.name, ...d })));
-      emit(io, f, { devices: rows }, () => table(['NODE', 'DEVICE', 'KIND', 'FLAGS', 'STATE', 'MIGRATION'],
-        rows.map((r) => [r.node, r.name, r.kind, r.flags.join(','), r.state, r.migration ? `${r.migration} (${r.role ?? '?'})` : '-'])));
+      emit(io, f, { devices: rows }, () => table(['NODE', 'DEVICE', 'KIND', 'FLAGS', 'STATE', 'OCCUPANCY', 'SINCE', 'MIGRATION'],
+        rows.map((r) => [r.node, r.name, r.kind, r.flags.join(','), r.state, occupancyCell(r.occupancy), r.occupancy?.since.slice(0, 19) ?? '-',
+          r.migration ? `${r.migration} (${r.role ?? '?'})` : '-'])));
+    });
+  p.command('release').argument('<device>', 'NODE/DEVICE')
+    .option('--name <name>', 'the DeviceRelease\'s name (default: release-NODE-DEVICE-<time>)')
+    .option('--wait', 'follow it until the device is free').option('-o, --output <format>', 'json or yaml')
+    .description('create a DeviceRelease: the device\'s agent resets it (what it holds is gone) and it may receive another workload\'s state')
+    .action(async (dev: string, o: { name?: string; wait?: boolean; output?: string }) => {
+      const f = format(o.output);
+      const target = ref(dev, 'device');
+      if (!target.device) throw new CliError(`device "${dev}": name the device too, e.g. ${dev}/sim-0`, 2);
+      const name = o.name ?? `release-${target.node}-${target.device}-${Date.now().toString(36)}`.slice(0, 253);
+      const requestedBy = await whoAmI(kube());
+      const r = await kube().createRelease({ metadata: { name }, spec: { node: target.node, device: target.device, ...(requestedBy ? { requestedBy } : {}) } });
+      if (!o.wait) return emit(io, f, { name: r.metadata.name }, () => `devicerelease.devmig.io/${name} created`);
+      const done = await followRelease(kube(), name, f === 'text' ? io : undefined);
+      emit(io, f, done, () => '');
+      if (done.status?.phase !== 'Released') throw new CliError(`${name} ended ${done.status?.phase}: ${done.status?.failure?.message ?? ''}`);
     });
   p.command('evacuate').argument('<node>', 'the node to move every in-use device off')
     .option('--to-selector <labels>', 'only onto nodes with these labels, k=v[,k=v]')
@@ -109,6 +127,31 @@ export function buildPlugin(io: Io, kube: () => Kube): Command {
       if (e.status?.phase !== 'Succeeded') throw new CliError(`${name} ended ${e.status?.phase}: ${e.status?.conditions?.find((c) => c.type === 'Ready')?.message ?? ''}`);
     });
   return p;
+}
+
+/** The user this kubeconfig authenticates as (SelfSubjectReview), for spec.requestedBy; unknown: left out. */
+async function whoAmI(kube: Kube): Promise<string | undefined> {
+  const k8s = await import('@kubernetes/client-node');
+  try {
+    const r = await kube.config.makeApiClient(k8s.AuthenticationV1Api).createSelfSubjectReview({ body: { apiVersion: 'authentication.k8s.io/v1', kind: 'SelfSubjectReview' } });
+    return r.status?.userInfo?.username;
+  } catch {
+    return undefined;
+  }
+}
+
+async function followRelease(kube: Kube, name: string, io: Io | undefined): Promise<DeviceRelease> {
+  let last = '';
+  for (;;) {
+    const r = await kube.getRelease(name);
+    if (!r) throw new CliError(`devicerelease ${name} was deleted while it was followed`);
+    const ready = r.status?.conditions?.find((c) => c.type === 'Ready');
+    const l = `${name}  ${r.spec.node}/${r.spec.device}  ${r.status?.phase ?? 'Pending'}${ready ? `  ${ready.message}` : ''}`;
+    if (io && l !== last) io.out(l);
+    last = l;
+    if (r.status?.phase === 'Released' || r.status?.phase === 'Failed') return r;
+    await new Promise((res) => setTimeout(res, 200));
+  }
 }
 
 function describeEvacuation(e: DeviceEvacuation): string {

@@ -38,6 +38,12 @@ export interface LocalOptions {
   readonly advertise?: Record<string, string>;
   /** The controller's evacuation.maxParallelTotal (default: the controller's, 8). */
   readonly evacuationMaxParallelTotal?: number;
+  /**
+   * Per node, the devices its agent's config declares spare (free to receive when first seen); a
+   * node not named here declares all its simulated devices spare: they start empty. Others start
+   * as FoundInUse, as a real node's devices would.
+   */
+  readonly spare?: Record<string, string[]>;
 }
 
 export interface LocalState {
@@ -117,6 +123,11 @@ export async function localDown(dir: string, say: (t: string) => void): Promise<
     await rm(s.deviceMemory, { recursive: true, force: true });
     say(`freed the simulated devices' memory (${s.deviceMemory})`);
   }
+  // The devices' state is gone, so is every record of it: etcd (the DeviceMigrations, DeviceNodes)
+  // and the agents' journals. The next `up` starts fresh, the devices spare and empty again.
+  await rm(join(s.dir, 'apiserver'), { recursive: true, force: true });
+  for (const a of s.agents) await rm(a.stateDir, { recursive: true, force: true });
+  say('removed the API server\'s data and the agents\' journals: the next `local up` starts fresh');
   await rm(statePath(s.dir), { force: true });
 }
 
@@ -187,7 +198,7 @@ async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: st
     ...(o.advertise?.[node] ? { advertise: o.advertise[node] } : {}),
     tls: { kubernetes: { namespace: id.namespace } },
     kube: { kubeconfig, heartbeatSeconds: 2 },
-    devices: { simulated: { dir: o.simDir, devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
+    devices: { spare: o.spare?.[node] ?? ['*'], simulated: { dir: o.simDir, devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
   };
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
   const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`), AGENT_NODE_FLAGS);
