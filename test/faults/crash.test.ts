@@ -15,7 +15,7 @@ import { Kube } from '../../src/kube/kube.js';
 import { localDown, localUp, type LocalState } from '../../src/local/env.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { until } from '../helpers/agents.js';
-import { checkInvariants, row, settled, table } from '../helpers/faults.js';
+import { checkInvariants, checkOwnership, row, settled, table } from '../helpers/faults.js';
 import { devmigBin } from '../helpers/cli.js';
 
 let dir: string;
@@ -110,7 +110,7 @@ async function scenario(stageName: string, victim: Victim) {
   const m = await settled(kube, name);
   const src = await simDigest(simDir('node-1'), device);
   const dst = await simDigest(simDir('node-2'), device);
-  rows.push(row(name, m, checkInvariants(m, before, src, dst), started));
+  rows.push(row(name, m, [...checkInvariants(m, before, src, dst), ...(await checkOwnership(kube, m, before, src))], started));
 }
 
 const T = 180_000;

@@ -13,7 +13,7 @@ import { Kube } from '../../src/kube/kube.js';
 import { localDown, localUp, type LocalState } from '../../src/local/env.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { until } from '../helpers/agents.js';
-import { checkInvariants, row, settled, table, type Expect } from '../helpers/faults.js';
+import { checkInvariants, checkOwnership, row, settled, table, type Expect } from '../helpers/faults.js';
 import { FaultProxy, type ProxyMode } from '../helpers/proxy.js';
 
 let dir: string;
@@ -72,7 +72,7 @@ async function run(name: string, s: Scenario): Promise<void> {
   for (const node of ['node-1', 'node-2']) await rm(join(simDir(node), device, 'faults.json'), { force: true });
   const src = await simDigest(simDir('node-1'), device);
   const dst = await simDigest(simDir('node-2'), device);
-  rows.push(row(name, m, checkInvariants(m, before, src, dst, s.expect), started));
+  rows.push(row(name, m, [...checkInvariants(m, before, src, dst, s.expect), ...(await checkOwnership(kube, m, before, src))], started));
 }
 
 const T = 240_000;

@@ -50,6 +50,32 @@ export function checkInvariants(m: DeviceMigration, before: SimDigest, src: SimD
   return checks;
 }
 
+/**
+ * What each device holds afterwards, as its agent publishes it (DESIGN.md invariant 7): Succeeded, the
+ * target holds the migration's state and the source was reset and is free (no copy left behind);
+ * otherwise the target was reset and is free again, and the source holds what it held.
+ */
+export async function checkOwnership(kube: Kube, m: DeviceMigration, before: SimDigest, src: SimDigest): Promise<string[]> {
+  const { source, target } = m.spec;
+  const targetDevice = m.status?.targetDevice ?? target.device;
+  const of = async (node: string, device: string | undefined) =>
+    (await kube.getDeviceNode(node))?.status?.devices?.find((d) => d.name === device);
+  if (m.status?.phase === 'Succeeded') {
+    await until(`${m.metadata.name}: the agents publish what the devices hold`, async () =>
+      (await of(target.node, targetDevice))?.occupancy?.migration === m.metadata.name && (await of(source.node, source.device))?.occupancy?.reason === 'SourceReleased', 30_000, 200);
+    expect((await of(target.node, targetDevice))?.occupancy).toMatchObject({ state: 'Holding', reason: 'Migrated' });
+    expect(src.sha256).not.toBe(before.sha256);
+    return ['target holds it, source reset and free'];
+  }
+  if (!targetDevice) return [];
+  await until(`${m.metadata.name}: the target is published free and idle`, async () => {
+    const t = await of(target.node, targetDevice);
+    return t?.occupancy?.state === 'Free' && !t.migration;
+  }, 30_000, 200);
+  expect((await of(source.node, source.device))?.occupancy?.reason).not.toBe('SourceReleased');
+  return ['target free, source keeps it'];
+}
+
 export function row(name: string, m: DeviceMigration, checks: string[], started: number): string[] {
   return [name, `${m.status?.phase}${m.status?.failure ? ` (${m.status.failure.reason})` : ''}`, checks.join(', '), ((Date.now() - started) / 1000).toFixed(1)];
 }

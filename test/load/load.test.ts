@@ -122,6 +122,14 @@ it(`${MIGRATIONS} migrations across ${NODES} nodes all succeed within the per-no
   };
   process.stdout.write(`\nLOAD ${JSON.stringify(report)}\n`);
   expect(byPhase).toEqual({ Succeeded: MIGRATIONS });
+  // No device received twice under load: each target holds its own migration's state, each source
+  // was reset and is free (as the agents publish it, once their last updates are in).
+  const owners = await until('every device published', async () => {
+    const held = new Map<string, string | undefined>();
+    for (const dn of await kube.listDeviceNodes()) for (const d of dn.status?.devices ?? []) held.set(`${dn.metadata.name}/${d.name}`, d.occupancy?.state === 'Holding' ? d.occupancy.migration : undefined);
+    return phases.every((m) => held.get(`${m.spec.target.node}/${m.status!.targetDevice!}`) === m.metadata.name && !held.get(`${m.spec.source.node}/${m.spec.source.device}`)) ? held : undefined;
+  }, 60_000, 1000);
+  expect(new Set(phases.map((m) => owners.get(`${m.spec.target.node}/${m.status!.targetDevice!}`))).size).toBe(MIGRATIONS);
   expect(peak.size).toBe(NODES);
   for (const [, p] of peak) expect(p.active).toBeLessThanOrEqual(p.max);
   expect(names).toHaveLength(MIGRATIONS);

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { parse } from 'yaml';
 import {
   deviceEvacuationSpec, deviceEvacuationStatus, deviceMigrationGroupSpec, deviceMigrationGroupStatus, deviceMigrationSpec, deviceMigrationStatus,
-  deviceNodeSpec, deviceNodeStatus,
+  deviceNodeSpec, deviceNodeStatus, deviceReleaseSpec, deviceReleaseStatus,
 } from '../../src/api/types.js';
 import { goBinary } from '../../src/local/apiserver.js';
 
@@ -34,7 +34,7 @@ it('every case of every health check gives the status and message it promises', 
   const r = await runChecks(CHECKS);
   process.stdout.write(r.out);
   expect(r.code).toBe(0);
-  expect(r.out.match(/^ok /gm)?.length).toBe(20);
+  expect(r.out.match(/^ok /gm)?.length).toBe(24);
 }, 300_000);
 
 it('a case whose expectation is wrong fails the run (the harness can fail)', async () => {
@@ -55,6 +55,7 @@ it('the test inputs are objects devmig\'s schemas accept', async () => {
   for (const [kind, spec, status] of [
     ['DeviceMigration', deviceMigrationSpec, deviceMigrationStatus], ['DeviceNode', deviceNodeSpec, deviceNodeStatus],
     ['DeviceEvacuation', deviceEvacuationSpec, deviceEvacuationStatus], ['DeviceMigrationGroup', deviceMigrationGroupSpec, deviceMigrationGroupStatus],
+    ['DeviceRelease', deviceReleaseSpec, deviceReleaseStatus],
   ] as const) {
     const dir = join(CHECKS, 'devmig.io', kind, 'testdata');
     for (const f of await readdir(dir)) {
