@@ -10,19 +10,19 @@
  * and registers again.
  */
 import {
-  Client, credentials, Metadata, Server, ServerCredentials, status, type sendUnaryData, type ServerUnaryCall,
+  Client, credentials, Server, status, type sendUnaryData, type ServerUnaryCall,
   type ServerWritableStream, type ServiceError,
 } from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { mkdir, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import {
   devicePlugin, DEVICE_PLUGIN_VERSION, HEALTHY, registration, type AllocateRequest, type AllocateResponse, type DevicePluginOptions,
   type Empty, type ListAndWatchResponse, type PreferredAllocationRequest, type PreferredAllocationResponse, type PreStartContainerRequest,
 } from './deviceplugin-api.js';
-import { unixTarget } from './grpc.js';
+import { listenUnix, unary, unixTarget } from './grpc.js';
 import { isExtendedResourceName } from './names.js';
 
 export const DEFAULT_DEVICE_PLUGIN_DIR = '/var/lib/kubelet/device-plugins';
@@ -138,14 +138,16 @@ export class TestDevicePlugin extends EventEmitter<{ registered: [number]; rejec
     this.emit('registered', this.registered);
   }
 
-  private register(): Promise<void> {
+  private async register(): Promise<void> {
     const client = new Client(unixTarget(this.kubeletSocket), credentials.createInsecure());
-    const m = registration.Register;
-    const req = { version: DEVICE_PLUGIN_VERSION, endpoint: this.socket.slice(this.opts.dir.length + 1), resourceName: this.opts.resourceName, options: OPTIONS };
-    return new Promise<void>((resolve, reject) => {
-      client.makeUnaryRequest(m.path, m.requestSerialize, m.responseDeserialize, req, new Metadata(),
-        { deadline: Date.now() + (this.opts.registerTimeoutMs ?? 10_000) }, (err) => (err ? reject(err) : resolve()));
-    }).finally(() => client.close());
+    const req = {
+      version: DEVICE_PLUGIN_VERSION, endpoint: basename(this.socket), resourceName: this.opts.resourceName, options: OPTIONS,
+    };
+    try {
+      await unary(client, registration.Register, req, this.opts.registerTimeoutMs ?? 10_000);
+    } finally {
+      client.close();
+    }
   }
 
   private async serve(): Promise<void> {
@@ -162,9 +164,7 @@ export class TestDevicePlugin extends EventEmitter<{ registered: [number]; rejec
       PreStartContainer: (call: ServerUnaryCall<PreStartContainerRequest, Empty>, cb: sendUnaryData<Empty>) =>
         this.answer(cb, () => { this.known(call.request.devicesIds); return {}; }),
     });
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(unixTarget(this.socket), ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-    });
+    await listenUnix(server, this.socket);
     this.server = server;
     this.log.info({ socket: this.socket }, 'device plugin serving');
   }
@@ -230,6 +230,9 @@ const OPTIONS: DevicePluginOptions = { preStartRequired: false, getPreferredAllo
 function checkOptions(opts: TestDevicePluginOptions): void {
   if (!isExtendedResourceName(opts.resourceName)) {
     throw new Error(`resource name "${opts.resourceName}" is not an extended resource name: use vendor.example/name (e.g. devmig.io/sim)`);
+  }
+  if (opts.endpoint !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(opts.endpoint)) {
+    throw new Error(`endpoint "${opts.endpoint}" must be a socket file name in ${opts.dir}, such as devmig-sim.sock`);
   }
   if (opts.deviceIds.length === 0) throw new Error('device IDs: a device plugin needs at least one');
   const bad = opts.deviceIds.find((id) => !/^[A-Za-z0-9][-A-Za-z0-9_.:]{0,62}$/.test(id));

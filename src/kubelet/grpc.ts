@@ -7,7 +7,7 @@
  * published ones (k8s.io/kubelet, pkg/apis/*). protobuf skips fields it was not told about, so the
  * kubelet's other fields (CPU ids, memory, topology) cost nothing and break nothing.
  */
-import type { MethodDefinition } from '@grpc/grpc-js';
+import { Metadata, ServerCredentials, type Client, type MethodDefinition, type Server, type ServiceError } from '@grpc/grpc-js';
 import { resolve } from 'node:path';
 import protobuf from 'protobufjs';
 
@@ -50,4 +50,19 @@ function decoder<T extends object>(type: protobuf.Type): (bytes: Buffer) => T {
 /** The gRPC target for a unix socket (grpc-js and grpc-go both take `unix:` + an absolute path). */
 export function unixTarget(socket: string): string {
   return `unix:${resolve(socket)}`;
+}
+
+/** One unary call with a deadline; it rejects with grpc-js's ServiceError (code, details). */
+export function unary<Req, Res>(client: Client, m: MethodDefinition<Req, Res>, req: Req, timeoutMs: number): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    client.makeUnaryRequest(m.path, m.requestSerialize, m.responseDeserialize, req, new Metadata(),
+      { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, res?: Res) => (err ? reject(err) : resolve(res!)));
+  });
+}
+
+/** Serves `server` on a unix socket, without TLS (the kubelet's sockets are protected by their file modes). */
+export function listenUnix(server: Server, socket: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(unixTarget(socket), ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+  });
 }

@@ -3,10 +3,10 @@
  * gave to which pods' containers (device plugins and DRA), and which devices it can allocate.
  * Every call has a deadline; every failure says what to do about it and names the socket.
  */
-import { Client, credentials, Metadata, status, type MethodDefinition, type ServiceError } from '@grpc/grpc-js';
+import { Client, credentials, status, type MethodDefinition, type ServiceError } from '@grpc/grpc-js';
 import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { unixTarget } from './grpc.js';
+import { unary, unixTarget } from './grpc.js';
 import { podResourcesLister, type AllocatableResourcesResponse, type ContainerDevicesMsg, type ListPodResourcesResponse } from './podresources-api.js';
 
 export const DEFAULT_POD_RESOURCES_SOCKET = '/var/lib/kubelet/pod-resources/kubelet.sock';
@@ -88,14 +88,12 @@ export class PodResourcesClient {
     this.client.close();
   }
 
-  private call<Req, Res>(m: MethodDefinition<Req, Res>, req: Req): Promise<Res> {
-    return new Promise((resolve, reject) => {
-      this.client.makeUnaryRequest(m.path, m.requestSerialize, m.responseDeserialize, req, new Metadata(),
-        { deadline: Date.now() + this.timeoutMs }, (err, res) => {
-          if (err) explain(err, m.originalName ?? m.path, this.socket, this.timeoutMs).then(reject, reject);
-          else resolve(res!);
-        });
-    });
+  private async call<Req, Res>(m: MethodDefinition<Req, Res>, req: Req): Promise<Res> {
+    try {
+      return await unary(this.client, m, req, this.timeoutMs);
+    } catch (e) {
+      throw await explain(e as ServiceError, m.originalName ?? m.path, this.socket, this.timeoutMs);
+    }
   }
 }
 

@@ -5,7 +5,7 @@
  * only after it has reached the plugin and asked for its options.
  */
 import {
-  Client, credentials, Metadata, Server, ServerCredentials, status, type ClientReadableStream, type MethodDefinition,
+  Client, credentials, Server, status, type ClientReadableStream, type MethodDefinition,
   type sendUnaryData, type ServerUnaryCall,
 } from '@grpc/grpc-js';
 import { readdir, rm } from 'node:fs/promises';
@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import {
   devicePlugin, registration, type DevicePluginOptions, type Empty, type ListAndWatchResponse, type RegisterRequest,
 } from '../../src/kubelet/deviceplugin-api.js';
-import { unixTarget } from '../../src/kubelet/grpc.js';
+import { listenUnix, unary, unixTarget } from '../../src/kubelet/grpc.js';
 
 export class FakeKubelet {
   readonly requests: RegisterRequest[] = [];
@@ -34,9 +34,7 @@ export class FakeKubelet {
         k.register(call.request).then(() => cb(null, {}), (e: Error) => cb({ code: status.UNKNOWN, details: e.message }));
       },
     });
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(unixTarget(join(dir, 'kubelet.sock')), ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-    });
+    await listenUnix(server, join(dir, 'kubelet.sock'));
     return k;
   }
 
@@ -100,9 +98,6 @@ export class PluginClient {
   }
 
   private unary<Req, Res>(m: MethodDefinition<Req, Res>, req: Req): Promise<Res> {
-    return new Promise((resolve, reject) => {
-      this.client.makeUnaryRequest(m.path, m.requestSerialize, m.responseDeserialize, req, new Metadata(),
-        { deadline: Date.now() + 10_000 }, (err, res) => (err ? reject(err) : resolve(res!)));
-    });
+    return unary(this.client, m, req, 10_000);
   }
 }

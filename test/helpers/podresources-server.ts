@@ -3,8 +3,8 @@
  * and GetAllocatableResources from data the test sets, or never answers, or implements only some
  * methods (as an older kubelet, or one with a feature gate off, does).
  */
-import { Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
-import { unixTarget } from '../../src/kubelet/grpc.js';
+import { Server, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import { listenUnix } from '../../src/kubelet/grpc.js';
 import {
   podResourcesLister, type AllocatableResourcesResponse, type Empty, type ListPodResourcesResponse,
 } from '../../src/kubelet/podresources-api.js';
@@ -32,9 +32,7 @@ export class FakePodResources {
       ...(methods.includes('List') ? { List: handler('List', () => fake.list) } : {}),
       ...(methods.includes('GetAllocatableResources') ? { GetAllocatableResources: handler('GetAllocatableResources', () => fake.allocatable) } : {}),
     });
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(unixTarget(socket), ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-    });
+    await listenUnix(server, socket);
     return fake;
   }
 

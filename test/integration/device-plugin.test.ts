@@ -127,6 +127,7 @@ it.each([
   [{ resourceName: 'devmig.io/sim', deviceIds: [] }, /at least one/],
   [{ resourceName: 'devmig.io/sim', deviceIds: ['sim-0', 'sim-0'] }, /"sim-0" is listed twice/],
   [{ resourceName: 'devmig.io/sim', deviceIds: ['sim 0'] }, /device ID "sim 0"/],
+  [{ resourceName: 'devmig.io/sim', deviceIds: ['sim-0'], endpoint: '../x.sock' }, /endpoint "..\/x.sock" must be a socket file name/],
 ])('refuses bad options %j', (opts, message) => {
   expect(() => new TestDevicePlugin({ dir, ...opts })).toThrow(message);
 });
