@@ -20,6 +20,7 @@ import { createAgentServer } from './server.js';
 import { SessionTable } from './sessions.js';
 import { commitFound } from './target.js';
 import { holding, recordFirstSight } from './occupancy.js';
+import { nodeDeviceOf, PodResourcesWatch } from './allocations.js';
 
 export interface AgentOptions {
   readonly log: Logger;
@@ -29,6 +30,7 @@ export interface AgentOptions {
 
 export class Agent {
   private publisher: DeviceNodePublisher | undefined;
+  private podResources: PodResourcesWatch | undefined;
   private renewal: NodeJS.Timeout | undefined;
 
   private constructor(readonly ctx: AgentContext, private readonly server: Http2SecureServer) {}
@@ -43,12 +45,22 @@ export class Agent {
     const ctx: AgentContext = { config, devices, journal, sessions: new SessionTable(), tls, log: opts.log, draining: false };
     await reconcile(ctx);
     await recordFirstSight(ctx);
+    // Its first answer comes before the publisher exists; later changes publish the DeviceNode at once.
+    let allocationsChanged = (): void => undefined;
+    const podResources = config.podResources
+      ? new PodResourcesWatch(config.podResources, () => devices.list().map(nodeDeviceOf), opts.log, () => allocationsChanged())
+      : undefined;
+    if (podResources) {
+      ctx.allocations = podResources;
+      await podResources.start();
+    }
     const server = createAgentServer(ctx);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(config.listen.port, config.listen.host, () => resolve());
     });
-    const agent = new Agent(ctx, server);
+    const agent: Agent = new Agent(ctx, server);
+    agent.podResources = podResources;
     if (issued) agent.renewAt(issued.notAfter);
     if (config.kube) {
       // Loaded only when publishing: importing the Kubernetes client adds ~50 MB of RSS (75 -> 125).
@@ -58,6 +70,7 @@ export class Agent {
       // What a device holds is what the controller picks targets by: published as soon as it changes.
       const publisher = agent.publisher;
       journal.onOccupancy = () => publisher.soon();
+      allocationsChanged = () => publisher.soon();
     }
     opts.log.info({ node: config.node, endpoint: agent.endpoint, devices: devices.list().map((d) => d.name), holder }, 'agent ready');
     return agent;
@@ -91,6 +104,7 @@ export class Agent {
   /** Graceful shutdown: new work gets 503, sessions in flight get drainSeconds to finish. */
   async stop(): Promise<void> {
     clearTimeout(this.renewal);
+    this.podResources?.stop();
     this.ctx.draining = true;
     this.publisher?.stop();
     await this.publisher?.publish(false).catch((e: unknown) => this.ctx.log.warn({ err: (e as Error).message }, 'could not mark the DeviceNode not ready'));

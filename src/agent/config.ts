@@ -6,6 +6,7 @@ import { parseQuantity } from '../api/quantity.js';
 import { DEFAULT_DIGEST, DIGEST_ALGORITHMS, unavailable } from '../relay/digest.js';
 import { FLAG_NAMES, MigFlag, type MigFlagName } from '../vfio/uapi.js';
 import { objectName } from '../agentapi/types.js';
+import { podResourcesConfigSchema } from '../kubelet/allocations.js';
 
 const quantity = z.union([z.string(), z.number()]).transform((v, ctx) => {
   try {
@@ -62,6 +63,14 @@ export const agentConfigSchema = z.strictObject({
   kube: z.strictObject({
     kubeconfig: z.string().optional(),
     heartbeatSeconds: z.number().positive().default(5),
+  }).optional(),
+  /**
+   * Read the kubelet's PodResources API: a device the kubelet gave to a pod is never a target (unset:
+   * no kubelet to ask, as in the local environment). The chart mounts the socket's directory.
+   */
+  podResources: podResourcesConfigSchema.extend({
+    /** How often to ask the kubelet (List). */
+    intervalSeconds: z.number().positive().max(300).default(5),
   }).optional(),
   devices: z.strictObject({
     /**

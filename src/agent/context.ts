@@ -7,7 +7,7 @@ import { AgentError, notFound } from './errors.js';
 import { requestHash, type Journal } from './journal.js';
 import type { SessionTable } from './sessions.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import type { PodAllocation } from '../api/types.js';
+import type { AllocationSource } from './allocations.js';
 import type { OccupancyRecord } from './journal.js';
 
 export interface AgentContext {
@@ -20,7 +20,7 @@ export interface AgentContext {
   readonly log: Logger;
   draining: boolean;
   /** The pods the kubelet allocated a device to (the PodResources API), when the agent reads it. */
-  allocations?: (device: string) => PodAllocation[];
+  allocations?: AllocationSource;
 }
 
 export interface Reply {

@@ -6,7 +6,7 @@ export type AgentErrorCode =
   | 'BadRequest' | 'Unauthenticated' | 'Forbidden' | 'NotFound' | 'MethodNotAllowed' | 'UnsupportedMediaType'
   | 'PayloadTooLarge' | 'Draining' | 'DeviceBusy' | 'OpConflict' | 'ArcFailed' | 'DeviceError' | 'NoSession'
   | 'NotVerified' | 'UseCommit' | 'TicketRefused' | 'TooManySessions' | 'OutcomeUnknown' | 'AlreadyCommitted' | 'StreamMismatch'
-  | 'StreamAborted' | 'DeviceWriteFailed' | 'NotCommitted' | 'TargetRan' | 'DeviceOccupied' | 'DeviceAllocated' | 'Internal';
+  | 'StreamAborted' | 'DeviceWriteFailed' | 'NotCommitted' | 'TargetRan' | 'DeviceOccupied' | 'DeviceAllocated' | 'PodResourcesUnavailable' | 'Internal';
 
 export class AgentError extends Error {
   override readonly name = 'AgentError';

@@ -44,7 +44,13 @@ export async function recordFirstSight(ctx: AgentContext): Promise<void> {
 
 /** The pods the kubelet allocated `device` to (empty without a PodResources source). */
 export function podsOf(ctx: AgentContext, device: string): PodAllocation[] {
-  return ctx.allocations?.(device) ?? [];
+  return ctx.allocations?.of(device) ?? [];
+}
+
+/** Nothing is given to a device while the kubelet's allocations are unknown: asked again later. */
+function allocationsKnown(ctx: AgentContext, device: string, what: string): void {
+  const why = ctx.allocations?.unknown();
+  if (why) throw new AgentError(503, 'PodResourcesUnavailable', `cannot ${what} device ${device}: whether the kubelet gave it to a pod is not known (${why}); ask again`);
 }
 
 /** The device's occupancy as published: the journal's record, with the kubelet's allocations over it. */
@@ -60,6 +66,7 @@ export function occupancyOf(ctx: AgentContext, device: string): Occupancy | unde
  * controller decided. Says what the device holds and how to free it.
  */
 export function mayReceive(ctx: AgentContext, device: string): void {
+  allocationsKnown(ctx, device, 'receive onto');
   const o = occupancyOf(ctx, device);
   if (o?.state === 'Free') return;
   const node = ctx.config.node;
@@ -87,6 +94,7 @@ export async function freeDevice(ctx: AgentContext, device: string, req: FreeReq
       throw new AgentError(409, 'DeviceBusy', `device ${device} is in use by migration ${m} (role ${e.role ?? active?.role ?? '?'}, step ${e.step ?? '?'}); ` +
         'wait for it to finish or cancel it, then release the device', { holder: m });
     }
+    allocationsKnown(ctx, device, 'release');
     const pods = podsOf(ctx, device);
     if (pods.length) {
       throw new AgentError(409, 'DeviceAllocated', `device ${device} ${describeOccupancy(occupancyOf(ctx, device))}; ` +

@@ -44,6 +44,8 @@ export interface LocalOptions {
    * as FoundInUse, as a real node's devices would.
    */
   readonly spare?: Record<string, string[]>;
+  /** Per node, its agent's podResources config (a kubelet's socket, or a test's PodResources server). */
+  readonly podResources?: Record<string, Record<string, unknown>>;
 }
 
 export interface LocalState {
@@ -198,6 +200,7 @@ async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: st
     ...(o.advertise?.[node] ? { advertise: o.advertise[node] } : {}),
     tls: { kubernetes: { namespace: id.namespace } },
     kube: { kubeconfig, heartbeatSeconds: 2 },
+    ...(o.podResources?.[node] ? { podResources: o.podResources[node] } : {}),
     devices: { spare: o.spare?.[node] ?? ['*'], simulated: { dir: o.simDir, devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
   };
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));

@@ -130,12 +130,12 @@ describe('a DeviceRelease, carried out by the agent', () => {
   });
 
   it('a device the kubelet gave to a pod is never a target, and is not released under the pod', async () => {
-    target.ctx.allocations = (d) => (d === 'sim-0' ? [{ namespace: 'vms', pod: 'vm-a', container: 'compute', resource: 'devmig.io/sim' }] : []);
+    target.ctx.allocations = { of: (d) => (d === 'sim-0' ? [{ namespace: 'vms', pod: 'vm-a', container: 'compute', resource: 'devmig.io/sim' }] : []), unknown: () => undefined };
     expect((await dst.device('sim-0')).occupancy).toMatchObject({ state: 'Allocated', reason: 'Spare', pods: [{ namespace: 'vms', pod: 'vm-a' }] });
     await expect(dst.receive('sim-0', { migration: 'm7', op: 'prepare', ticket: newTicket(), sourceNode: 'node-a' }))
       .rejects.toThrow(/409 DeviceOccupied: device sim-0 on node node-b is allocated by the kubelet to pod vms\/vm-a \(devmig.io\/sim\).*never a migration target/);
     await expect(dst.free('sim-0', { op: 'free-3', release: 'r3' })).rejects.toMatchObject({ status: 409, code: 'DeviceAllocated' });
-    target.ctx.allocations = () => [];
+    target.ctx.allocations = { of: () => [], unknown: () => undefined };
     expect((await dst.device('sim-0')).occupancy).toMatchObject({ state: 'Free' });
   });
 
@@ -158,5 +158,42 @@ describe('the config', () => {
     const raw = { node: 'n', stateDir: '/tmp/x', tls: { ca: 'a', cert: 'b', key: 'c' }, devices: { spare: ['Sim_0'] } };
     expect(() => parseAgentConfig(raw)).toThrow(ConfigError);
     expect(() => parseAgentConfig(raw)).toThrow(/devices\.spare/);
+  });
+});
+
+describe('the kubelet\'s allocations, read over the PodResources gRPC API', () => {
+  it('nothing is received while they are unknown; a device a pod has is never a target; a kubelet gone keeps the last answer', async () => {
+    const { FakePodResources } = await import('../helpers/podresources-server.js');
+    const socket = join(dir, `pr-${Date.now()}.sock`);
+    const run = join(dir, `kubelet-${Date.now()}`);
+    const agent = await startAgent(await agentConfig(run, pki, 'node-c', '127.0.0.4', [{ name: 'sim-0' }, { name: 'sim-1' }],
+      { podResources: { socket, intervalSeconds: 0.2, timeoutSeconds: 1, resources: { 'devmig.io/sim': 'name' } } }));
+    const c = controllerClient(agent, pki);
+    try {
+      // No kubelet answers yet: the agent cannot tell, so it gives nothing away.
+      await expect(c.receive('sim-0', { migration: 'm8', op: 'prepare', ticket: newTicket(), sourceNode: 'node-a' }))
+        .rejects.toThrow(/503 PodResourcesUnavailable: cannot receive onto device sim-0: whether the kubelet gave it to a pod is not known \(the kubelet's PodResources API: .*\); ask again/);
+      const kubelet = await FakePodResources.start(socket);
+      kubelet.list = { podResources: [{ name: 'vm-a', namespace: 'vms', containers: [{ name: 'compute', devices: [{ resourceName: 'devmig.io/sim', deviceIds: ['sim-1'] }], dynamicResources: [] }] }] };
+      const allocated = await until('sim-1 allocated', async () => {
+        const o = (await c.device('sim-1')).occupancy;
+        return o?.state === 'Allocated' ? o : undefined;
+      });
+      expect(allocated.pods).toEqual([{ namespace: 'vms', pod: 'vm-a', container: 'compute', resource: 'devmig.io/sim' }]);
+      await expect(c.receive('sim-1', { migration: 'm8', op: 'prepare', ticket: newTicket(), sourceNode: 'node-a' })).rejects.toMatchObject({ status: 409, code: 'DeviceOccupied' });
+      await expect(c.receive('sim-0', { migration: 'm9', op: 'prepare', ticket: newTicket(), sourceNode: 'node-a' })).resolves.toMatchObject({ state: 'RESUMING' });
+      // The kubelet goes away: what it said last still holds.
+      kubelet.stop();
+      await new Promise((r) => setTimeout(r, 600));
+      expect((await c.device('sim-1')).occupancy).toMatchObject({ state: 'Allocated' });
+    } finally {
+      c.close();
+      await agent.stop();
+    }
+  });
+
+  it('refuses a podResources mapping that names no device, naming the field', () => {
+    const raw = { node: 'n', stateDir: '/tmp/x', tls: { ca: 'a', cert: 'b', key: 'c' }, podResources: { resources: { 'devmig.io/sim': 'serial' } } };
+    expect(() => parseAgentConfig(raw)).toThrow(/podResources\.resources/);
   });
 });
