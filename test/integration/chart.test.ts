@@ -84,7 +84,10 @@ describe('what it renders', () => {
     expect(k.hostNetwork).toBe(true);
     expect(k.containers.map((c) => c.securityContext?.privileged)).toEqual([true, true]);
     expect(k.nodeSelector).toEqual({ 'devmig.io/vfio': 'true' });
-    expect((k.volumes ?? []).map((v) => v.hostPath?.path).filter(Boolean)).toEqual(['/var/lib/devmig', '/dev', '/sys']);
+    expect((k.volumes ?? []).map((v) => v.hostPath?.path).filter(Boolean)).toEqual(['/var/lib/devmig', '/var/lib/kubelet/pod-resources', '/dev', '/sys']);
+    // The kubelet's allocations: read-only, the agent's alone (the holder needs none of it).
+    expect(k.containers.map((c) => c.volumeMounts?.find((m) => m.name === 'pod-resources'))).toEqual([
+      { name: 'pod-resources', mountPath: '/var/lib/kubelet/pod-resources', readOnly: true }, undefined]);
     const s = podSpec(find(sim, 'DaemonSet', 'agent'));
     expect(s.hostNetwork).toBe(false);
     expect(s.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532, seccompProfile: { type: 'RuntimeDefault' } });
@@ -103,6 +106,14 @@ describe('what it renders', () => {
 
   it('its config files are ones the controller and agent accept, and leader election follows replicas', async () => {
     const cfg = (docs: Obj[], component: string, file: string) => parse(find(docs, 'ConfigMap', component).data![file]!) as Record<string, unknown>;
+    // The agent's: spare devices and the kubelet's PodResources as the values say.
+    expect(parseAgentConfig({ ...cfg(real, 'agent', 'agent.yaml'), node: 'n' })).toMatchObject({
+      podResources: { socket: '/var/lib/kubelet/pod-resources/kubelet.sock', resources: {} }, devices: { spare: [] } });
+    expect(parseAgentConfig({ ...cfg(sim, 'agent', 'agent.yaml'), node: 'n' })).toMatchObject({ devices: { spare: ['*'] } });
+    expect(parseAgentConfig({ ...cfg(sim, 'agent', 'agent.yaml'), node: 'n' }).podResources).toBeUndefined();
+    const custom = await template('--set', 'agent.spareDevices={pci-0000-3b-00-1}', '--set', 'agent.podResources.resources.intel\\.com/sriov=pciAddress');
+    expect(parseAgentConfig({ ...cfg(custom, 'agent', 'agent.yaml'), node: 'n' })).toMatchObject({
+      podResources: { resources: { 'intel.com/sriov': 'pciAddress' } }, devices: { spare: ['pci-0000-3b-00-1'] } });
     const one = controllerConfigSchema.parse(cfg(real, 'controller', 'controller.yaml'));
     expect(one).toMatchObject({ namespace: 'devmig-system', pki: { agentServiceAccount: 'devmig-agent', signerName: 'devmig.io/agent' }, leaderElection: { enabled: false },
       evacuation: { maxParallelTotal: 8 } });

@@ -66,6 +66,13 @@ capabilities:
 {{- end -}}
 {{- end -}}
 
+{{/* The agent reads the kubelet's PodResources API: with kernel devices, or when asked for simulated ones. */}}
+{{- define "devmig.podResources" -}}
+{{- if and .Values.agent.podResources.enabled (or .Values.agent.kernel.enabled .Values.agent.podResources.withSimulated) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "devmig.agentMounts" -}}
 - name: config
   mountPath: /etc/devmig
