@@ -84,6 +84,8 @@ export const agentConfigSchema = z.strictObject({
       sysfs: z.string().default('/sys'),
       dev: z.string().default('/dev'),
       libc: z.string().optional(),
+      /** Only these devices (names such as mdev-<uuid>, or addresses): the rest belong to someone else. */
+      include: z.array(z.string().min(1)).min(1).optional(),
     }).optional(),
   }).prefault({}),
 });

@@ -80,7 +80,7 @@ export function describeFlags(flags: number): string[] {
 }
 
 /**
- * Opens every vfio-bound PCI function found in sysfs. One without migration support is listed with
+ * Opens every vfio-bound PCI function and mdev found in sysfs (those `include` names, when set). One without migration support is listed with
  * no flags (the controller refuses it by name); one that cannot be opened (a VM holds it) is skipped
  * with a warning, since its fd belongs to someone else.
  */
@@ -88,16 +88,18 @@ async function openKernelDevices(reg: DeviceRegistry, cfg: NonNullable<AgentConf
   holder: number | undefined, stateDir: string): Promise<void> {
   const opts = cfg.libc ? { libc: cfg.libc } : {};
   const held = holder ? await readHeld(stateDir, holder) : {};
+  const wanted = cfg.include ? new Set(cfg.include) : undefined;
   for (const found of await discoverVfioDevices(cfg.sysfs, cfg.dev)) {
+    if (wanted && !wanted.has(found.name) && !wanted.has(found.address)) continue;
     let dev: KernelDevice | undefined;
     try {
       dev = await openOrAdopt(found, cfg, opts, { holder, held, stateDir });
     } catch (e) {
-      log.warn({ device: found.name, bdf: found.bdf, err: (e as Error).message }, 'cannot open vfio device; skipped');
+      log.warn({ device: found.name, address: found.address, err: (e as Error).message }, 'cannot open vfio device; skipped');
       continue;
     }
     if (!dev) {
-      log.warn({ device: found.name, bdf: found.bdf }, 'vfio device has neither a cdev nor an IOMMU group; skipped');
+      log.warn({ device: found.name, address: found.address }, 'vfio device has neither a cdev nor an IOMMU group; skipped');
       continue;
     }
     const flags = await dev.probe().catch((e: unknown) => {
@@ -106,7 +108,7 @@ async function openKernelDevices(reg: DeviceRegistry, cfg: NonNullable<AgentConf
     });
     // Not adopted from a holder: opened anew, after a last close (and its reset) if it was open before.
     reg.add('kernel', new NamedDevice(found.name, dev), flags, !(holder && held[found.name]));
-    log.info({ device: found.name, bdf: found.bdf, driver: found.driver, flags: flagNames(flags), adopted: Boolean(held[found.name]) }, 'kernel vfio device');
+    log.info({ device: found.name, address: found.address, driver: found.driver, flags: flagNames(flags), adopted: Boolean(held[found.name]) }, 'kernel vfio device');
   }
 }
 
@@ -118,16 +120,16 @@ async function openOrAdopt(found: FoundDevice, cfg: NonNullable<AgentConfig['dev
   h: { holder: number | undefined; held: Record<string, number[]>; stateDir: string }): Promise<KernelDevice | undefined> {
   const { holder, held, stateDir } = h;
   const kept = held[found.name];
-  if (holder && kept) return adoptKernelDevice(found.bdf, takeFds(holder, kept), opts);
+  if (holder && kept) return adoptKernelDevice(found.address, takeFds(holder, kept), opts);
   const spec = found.cdev ? { cdev: found.cdev, iommu: join(cfg.dev, 'iommu') }
-    : found.group ? { group: found.group, bdf: found.bdf, container: join(cfg.dev, 'vfio/vfio') } : undefined;
+    : found.group ? { group: found.group, device: found.address, container: join(cfg.dev, 'vfio/vfio') } : undefined;
   if (!spec) return undefined;
   const dev = await openKernelDevice(spec, opts);
   if (holder) await handOver(stateDir, holder, { [found.name]: dev.fds });
   return dev;
 }
 
-/** A kernel device under its object name (pci-0000-3b-00-1) rather than its path. */
+/** A kernel device under its object name (pci-0000-3b-00-1, mdev-<uuid>) rather than its path. */
 class NamedDevice implements MigrationDevice {
   constructor(readonly name: string, private readonly inner: MigrationDevice) {}
   probe = () => this.inner.probe();

@@ -66,21 +66,35 @@ class RawFd {
   }
 }
 
+/**
+ * PRE_COPY's temporary end of data is ENOMSG by the uAPI's word (mlx5 answers so), but a driver may
+ * answer 0 instead, as an end of file: mtty does, and QEMU reads either as "nothing for now". So a 0
+ * is the stream's end only once the device is in STOP_COPY: from the start for a data_fd opened by
+ * STOP -> STOP_COPY, after stopCopy() for one opened by RUNNING -> PRE_COPY.
+ */
 export class FdSaveStream implements SaveStream {
   readonly kind = 'save';
   private readonly raw: RawFd;
 
-  constructor(readonly fd: number, private readonly device: string) {
+  constructor(readonly fd: number, private readonly device: string, private final = true) {
     this.raw = new RawFd(fd, device);
+  }
+
+  /** The device reached STOP_COPY: what the data_fd holds now is the rest of the stream. */
+  stopCopy(): void {
+    this.final = true;
   }
 
   /** Bytes read into `buf` (0 at the end of the stream), or 'ENOMSG' at PRE_COPY's temporary end. */
   async read(buf: Buffer): Promise<number | 'ENOMSG'> {
     for (;;) {
       try {
+        // A read begun before STOP_COPY was reached may see the PRE_COPY end: its 0 is not final.
+        const final = this.final;
         const { bytesRead } = await this.raw.run('read', (fd) => readP(fd, buf, 0, buf.length, null));
         // A read that returns after close() raced the end of the session: its 0 is not the stream's end.
         if (this.raw.isClosed) throw new DeviceError('ENODEV', `${this.device}: the data_fd was closed during a read`, this.device);
+        if (bytesRead === 0 && !final) return 'ENOMSG';
         return bytesRead;
       } catch (e) {
         if (e instanceof DeviceError) throw e;

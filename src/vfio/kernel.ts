@@ -10,20 +10,24 @@
  * operations; the long part of a migration, the data_fd stream, goes through the libuv threadpool.
  */
 import koffi from 'koffi';
+import { readSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { DeviceError, errnoMessages, type DataStream, type MigrationDevice, type PrecopyInfo, type SetStateResult } from './device.js';
 import { FdResumeStream, FdSaveStream } from './datafd.js';
-import { arcOpensDataFd, type Arc } from './planner.js';
+import { arcOpensDataFd, PlanRefused, planArcs, type Arc } from './planner.js';
 import {
   Feature, FEATURE_PAYLOAD, Ioctl, Layout, MigState, VFIO_API_VERSION, VFIO_GROUP_FLAGS_VIABLE, VFIO_TYPE1v2_IOMMU,
   decodeMigState, decodePrecopyInfo, encodeMigState, featureBuffer, precopyInfoBuffer, stateName, type MigStateName,
 } from './uapi.js';
 import { walkTo, type ArcStepper } from './walk.js';
 
-/** A device by its iommufd cdev, or by its legacy group and PCI address. Paths default to /dev's. */
+/**
+ * A device by its iommufd cdev, or by its legacy group and its name in the group: a PCI address
+ * (0000:3b:00.1) or, for a mediated device, its UUID. Paths default to /dev's.
+ */
 export type KernelDeviceSpec =
   | { readonly cdev: string; readonly iommu?: string }
-  | { readonly group: string; readonly bdf: string; readonly container?: string };
+  | { readonly group: string; readonly device: string; readonly container?: string };
 
 export interface KernelOptions {
   /** The C library to call through; default $DEVMIG_VFIO_LIBC, else libc.so.6. */
@@ -91,7 +95,7 @@ export async function openKernelDevice(spec: KernelDeviceSpec, opts: KernelOptio
   const held: number[] = [];
   try {
     if ('cdev' in spec) return new KernelDevice(spec.cdev, libc, openCdev(libc, spec, held), held);
-    return new KernelDevice(spec.bdf, libc, openGroupDevice(libc, spec, held), held);
+    return new KernelDevice(spec.device, libc, openGroupDevice(libc, spec, held), held);
   } catch (e) {
     for (const fd of held.reverse()) libc.close(fd);
     throw e;
@@ -133,8 +137,11 @@ function openCdev(libc: Libc, spec: { cdev: string; iommu?: string }, held: numb
   return fd;
 }
 
-/** Legacy path: container, group (viable), container set, TYPE1v2 IOMMU, then the device by BDF. */
-function openGroupDevice(libc: Libc, spec: { group: string; bdf: string; container?: string }, held: number[]): number {
+/**
+ * Legacy path: container, group (viable), container set, TYPE1v2 IOMMU (mdevs too: theirs is the
+ * emulated IOMMU of the mdev bus), then the device by its name in the group.
+ */
+function openGroupDevice(libc: Libc, spec: { group: string; device: string; container?: string }, held: number[]): number {
   const containerPath = spec.container ?? '/dev/vfio/vfio';
   const container = openPath(libc, containerPath, held);
   const version = check(libc.ioctl(container, Ioctl.VFIO_GET_API_VERSION), `VFIO_GET_API_VERSION on ${containerPath}`);
@@ -149,7 +156,7 @@ function openGroupDevice(libc: Libc, spec: { group: string; bdf: string; contain
   cfd.writeInt32LE(container, 0);
   check(libc.ioctl(group, Ioctl.VFIO_GROUP_SET_CONTAINER, 'void *', cfd), `VFIO_GROUP_SET_CONTAINER ${spec.group}`);
   check(libc.ioctl(container, Ioctl.VFIO_SET_IOMMU, 'long', VFIO_TYPE1v2_IOMMU), `VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU) on ${containerPath}`);
-  const fd = check(libc.ioctl(group, Ioctl.VFIO_GROUP_GET_DEVICE_FD, 'const char *', spec.bdf), `VFIO_GROUP_GET_DEVICE_FD ${spec.bdf} from ${spec.group}`);
+  const fd = check(libc.ioctl(group, Ioctl.VFIO_GROUP_GET_DEVICE_FD, 'const char *', spec.device), `VFIO_GROUP_GET_DEVICE_FD ${spec.device} from ${spec.group}`);
   return fd; // the KernelDevice's own fd, closed before `held`
 }
 
@@ -214,14 +221,22 @@ export class KernelDevice implements MigrationDevice, ArcStepper {
     return walkTo(this, target);
   }
 
-  /** ArcStepper: exactly one VFIO_DEVICE_FEATURE SET|MIG_DEVICE_STATE. Throws DeviceError. */
+  /**
+   * ArcStepper: exactly one VFIO_DEVICE_FEATURE SET|MIG_DEVICE_STATE. Throws DeviceError. Only an arc
+   * the planner itself would take reaches the ioctl: STOP_COPY -> PRE_COPY(_P2P) spins forever inside
+   * the ioctl on kernels before the 2026 fix (6.12.95 among them), and no caller may send it.
+   */
   async step(arc: Arc): Promise<DataStream | undefined> {
+    if (this.migFlags === 0) await this.probe();
+    this.assertOneArc(arc);
     // Leaving RESUMING commits what was written: our end of the data_fd is finished with (QEMU
     // closes it before this arc too).
     if (arc.from === 'RESUMING') await this.endResume();
     const buf = encodeMigState(MigState[arc.to]);
     this.feature(buf, `SET ${arc.from} -> ${arc.to}`);
     const { dataFd } = decodeMigState(buf);
+    // PRE_COPY(_P2P) -> STOP_COPY: from now on the PRE_COPY data_fd's end is the stream's end.
+    if (arc.to === 'STOP_COPY') this.save?.stopCopy();
     // An arc out of the saving group terminates the session; moving inside it (PRE_COPY -> STOP_COPY)
     // keeps the same data_fd going.
     if (SAVING.has(arc.from) && !SAVING.has(arc.to)) await this.endSave();
@@ -241,6 +256,53 @@ export class KernelDevice implements MigrationDevice, ArcStepper {
     const buf = featureBuffer(Feature.GET | Feature.MIG_DATA_SIZE, Layout.vfio_device_feature_mig_data_size.size);
     this.feature(buf, 'VFIO_DEVICE_FEATURE_MIG_DATA_SIZE');
     return buf.readBigUInt64LE(FEATURE_PAYLOAD + Layout.vfio_device_feature_mig_data_size.fields.stop_copy_length.offset);
+  }
+
+  private assertOneArc(arc: Arc): void {
+    let plan: Arc[];
+    try {
+      plan = planArcs(arc.from, arc.to, this.migFlags);
+    } catch (e) {
+      if (!(e instanceof PlanRefused)) throw e;
+      throw new DeviceError('EINVAL', `${this.name}: SET ${arc.from} -> ${arc.to} not sent: ${e.why}`, this.name);
+    }
+    if (plan.length !== 1) {
+      throw new DeviceError('EINVAL', `${this.name}: SET ${arc.from} -> ${arc.to} not sent: it is not one arc (the kernel walks ${plan.map((a) => a.to).join(' -> ')}); issue the planner's arcs`, this.name);
+    }
+  }
+
+  /** VFIO_DEVICE_GET_REGION_INFO: where region `index` (BAR0 is 0) lies in the device fd, and its size. */
+  region(index: number): { offset: bigint; size: bigint; flags: number } {
+    this.assertOpen();
+    const f = Layout.vfio_region_info.fields;
+    const buf = Buffer.alloc(Layout.vfio_region_info.size);
+    buf.writeUInt32LE(buf.length, f.argsz.offset);
+    buf.writeUInt32LE(index, f.index.offset);
+    check(this.libc.ioctl(this.fd, Ioctl.VFIO_DEVICE_GET_REGION_INFO, 'void *', buf), `${this.name}: VFIO_DEVICE_GET_REGION_INFO(${index})`, this.name);
+    return { offset: buf.readBigUInt64LE(f.offset.offset), size: buf.readBigUInt64LE(f.size.offset), flags: buf.readUInt32LE(f.flags.offset) };
+  }
+
+  /** Reads `length` bytes at `at` inside region `index`: what the device shows its driver there. */
+  readRegion(index: number, at: number, length: number): Buffer {
+    const r = this.inRegion(index, at, length);
+    const buf = Buffer.alloc(length);
+    const n = readSync(this.fd, buf, 0, length, r);
+    if (n !== length) throw new DeviceError('EIO', `${this.name}: region ${index} gave ${n} of ${length} bytes at ${at}`, this.name);
+    return buf;
+  }
+
+  writeRegion(index: number, at: number, data: Buffer): void {
+    const n = writeSync(this.fd, data, 0, data.length, this.inRegion(index, at, data.length));
+    if (n !== data.length) throw new DeviceError('EIO', `${this.name}: region ${index} took ${n} of ${data.length} bytes at ${at}`, this.name);
+  }
+
+  /** The fd offset of byte `at` of region `index` (region offsets are below 2^53: index << 40 at most). */
+  private inRegion(index: number, at: number, length: number): number {
+    const r = this.region(index);
+    if (at < 0 || BigInt(at + length) > r.size) {
+      throw new DeviceError('EINVAL', `${this.name}: bytes ${at}..${at + length} lie outside region ${index} (${r.size} bytes)`, this.name);
+    }
+    return Number(r.offset) + at;
   }
 
   /** VFIO_DEVICE_RESET: the kernel ends any data session, so our stream objects end first. */
@@ -275,7 +337,7 @@ export class KernelDevice implements MigrationDevice, ArcStepper {
     }
     await this.endSave();
     await this.endResume();
-    if (opens === 'save') return (this.save = new FdSaveStream(dataFd, this.name));
+    if (opens === 'save') return (this.save = new FdSaveStream(dataFd, this.name, arc.to === 'STOP_COPY'));
     return (this.resume = new FdResumeStream(dataFd, this.name));
   }
 

@@ -78,6 +78,7 @@ export const Ioctl = {
   VFIO_GROUP_SET_CONTAINER: io(VFIO_BASE + 4),
   VFIO_GROUP_GET_DEVICE_FD: io(VFIO_BASE + 6),
   VFIO_DEVICE_GET_INFO: io(VFIO_BASE + 7),
+  VFIO_DEVICE_GET_REGION_INFO: io(VFIO_BASE + 8),
   VFIO_DEVICE_RESET: io(VFIO_BASE + 11),
   VFIO_DEVICE_FEATURE: io(VFIO_BASE + 17),
   VFIO_DEVICE_BIND_IOMMUFD: io(VFIO_BASE + 18),
@@ -132,6 +133,17 @@ export const Layout = {
     },
   },
   vfio_group_status: { size: 8, fields: { argsz: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 } } },
+  vfio_region_info: {
+    size: 32,
+    fields: {
+      argsz: { offset: 0, size: 4 },
+      flags: { offset: 4, size: 4 },
+      index: { offset: 8, size: 4 },
+      cap_offset: { offset: 12, size: 4 },
+      size: { offset: 16, size: 8 },
+      offset: { offset: 24, size: 8 },
+    },
+  },
 } as const satisfies Record<string, StructLayout>;
 
 /** struct vfio_device_feature followed by a payload: the argument of VFIO_DEVICE_FEATURE. */

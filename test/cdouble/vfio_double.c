@@ -6,7 +6,7 @@
  *
  * Fake paths (ROOT is "" unless configured, so /dev/vfio/... itself is faked):
  *   ROOT/dev/vfio/vfio               container       GET_API_VERSION, CHECK_EXTENSION, SET_IOMMU
- *   ROOT/dev/vfio/<N>                group           GET_STATUS, SET_CONTAINER, GET_DEVICE_FD(BDF)
+ *   ROOT/dev/vfio/<N>                group           GET_STATUS, SET_CONTAINER, GET_DEVICE_FD(BDF or mdev UUID)
  *   ROOT/dev/vfio/devices/vfio<N>    device (cdev)   BIND_IOMMUFD first, then as below
  *   ROOT/dev/iommu                   iommufd
  * Device fds answer VFIO_DEVICE_FEATURE (MIGRATION, MIG_DEVICE_STATE, MIG_DATA_SIZE) with the
@@ -35,8 +35,8 @@
  * and validates it (magic, size, records in range, every byte covered, checksums, nothing after the
  * end): short, long or corrupt fails the SET with EINVAL, the state stays RESUMING (or ERROR with
  * resume_error=1), and the device keeps its old state bytes.
- * A pipe cannot return ENOMSG, so PRE_COPY's temporary end of data is only emulated when the library
- * is LD_PRELOADed (its read() answers ENOMSG there); loaded through koffi, such a read blocks until
+ * A pipe cannot end and go on, so PRE_COPY's temporary end of data is only emulated when the library
+ * is LD_PRELOADed (its read() answers 0 there, as mtty does, or ENOMSG with precopy_enomsg=1); loaded through koffi, such a read blocks until
  * the device queues more. Likewise a read after the session ended returns ENODEV only when preloaded.
  *
  * Configuration: "key=value" settings separated by spaces or ';'.
@@ -46,6 +46,7 @@
  *   dirty=0        bytes the device rewrites after the PRE_COPY snapshot
  *   fail=FROM>TO:ERRNO[:ERROR]   that driver arc fails with ERRNO (name or number), into ERROR if asked
  *   resume_error=1 a refused RESUMING -> STOP leaves the device in ERROR
+ *   precopy_enomsg=1  PRE_COPY's temporary end of data reads ENOMSG (as mlx5) instead of 0 (as mtty)
  *   not_viable=1   groups opened afterwards are not viable (SET_CONTAINER: EBUSY)
  *   root=/path     where the fake /dev lives          reset   back to the defaults
  * Sources, later ones winning, read at each open of a device or group: the defaults, the environment
@@ -131,7 +132,7 @@ static uint32_t fnv(const uint8_t *p, size_t n) {
 
 struct config {
   unsigned flags;
-  int nomig, resume_error, not_viable;
+  int nomig, resume_error, not_viable, precopy_enomsg;
   size_t size, dirty;
   uint32_t seed;
   int fail_from, fail_to, fail_errno, fail_into_error;
@@ -209,6 +210,7 @@ static int apply_setting(struct config *c, const char *key, const char *v) {
   if (!strcmp(key, "nomig")) c->nomig = !!n;
   else if (!strcmp(key, "resume_error")) c->resume_error = !!n;
   else if (!strcmp(key, "not_viable")) c->not_viable = !!n;
+  else if (!strcmp(key, "precopy_enomsg")) c->precopy_enomsg = !!n;
   else if (!strcmp(key, "size")) c->size = n;
   else if (!strcmp(key, "seed")) c->seed = (uint32_t)n;
   else if (!strcmp(key, "dirty")) c->dirty = n;
@@ -234,7 +236,7 @@ static int apply_settings(struct config *c, const char *settings) {
   return 0;
 }
 
-static const char *const env_keys[] = {"flags", "nomig", "size", "seed", "dirty", "fail", "resume_error", "not_viable", "root"};
+static const char *const env_keys[] = {"flags", "nomig", "size", "seed", "dirty", "fail", "resume_error", "not_viable", "root", "precopy_enomsg"};
 
 /* The configuration in force now: defaults, the environment, then vfio_double_configure(). */
 static void current_config(struct config *c) {
@@ -868,6 +870,15 @@ static int precopy_info(struct save *s, struct precopy_info *info) {
   return 0;
 }
 
+static int is_uuid(const char *s) {
+  if (strlen(s) != 36) return 0;
+  for (int i = 0; i < 36; i++) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) { if (s[i] != '-') return 0; }
+    else if (!isxdigit((unsigned char)s[i])) return 0;
+  }
+  return 1;
+}
+
 static int container_ioctl(struct container *c, unsigned long req, unsigned long arg) {
   if (req == VFIO_GET_API_VERSION) return VFIO_API_VERSION;
   if (req == VFIO_CHECK_EXTENSION) return arg == VFIO_TYPE1v2_IOMMU || arg == VFIO_TYPE1_IOMMU;
@@ -902,7 +913,9 @@ static int group_ioctl(struct group *g, unsigned long req, void *arg) {
     unsigned dom, bus, dev, fn;
     char tail;
     if (!c || !c->iommu) return -EINVAL;
-    if (strlen(bdf) != 12 || sscanf(bdf, "%4x:%2x:%2x.%1x%c", &dom, &bus, &dev, &fn, &tail) != 4) return -ENODEV;
+    /* vfio_device_get_from_name(): a device of the group by its name, a PCI address or an mdev's UUID */
+    int pci = strlen(bdf) == 12 && sscanf(bdf, "%4x:%2x:%2x.%1x%c", &dom, &bus, &dev, &fn, &tail) == 4;
+    if (!pci && !is_uuid(bdf)) return -ENODEV;
     int fd = device_open(bdf, 0);
     return fd < 0 ? -errno : fd;
   }
@@ -1010,17 +1023,22 @@ int close(int fd) {
   return ret;
 }
 
-/* Only reached when preloaded: the data_fd read() of a driver, for what a pipe cannot say. */
+/* Only reached when preloaded: the data_fd read() of a driver, for what a pipe cannot say: PRE_COPY's
+ * temporary end (0, as mtty; or ENOMSG, as mlx5 and the uAPI's text), and ENODEV after the session. */
 ssize_t read(int fd, void *buf, size_t n) {
   init();
   if (known(fd)) {
-    int err = 0;
+    int err = 0, eof = 0;
     pthread_mutex_lock(&mu);
     struct save *s = lookup(fd, K_SAVE);
     if (s && (s->disabled || !s->dev)) err = ENODEV;
-    else if (s && (s->dev->state == S_PRE_COPY || s->dev->state == S_PRE_COPY_P2P) && !unread_bytes(s)) err = ENOMSG;
+    else if (s && (s->dev->state == S_PRE_COPY || s->dev->state == S_PRE_COPY_P2P) && !unread_bytes(s)) {
+      /* mtty answers 0 at PRE_COPY's temporary end (mtty_save_read); mlx5 answers ENOMSG, as the uAPI asks */
+      if (s->dev->cfg.precopy_enomsg) err = ENOMSG; else eof = 1;
+    }
     pthread_mutex_unlock(&mu);
     if (err) return fail(err);
+    if (eof) return 0;
   }
   return real_read(fd, buf, n);
 }

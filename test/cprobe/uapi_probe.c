@@ -27,13 +27,16 @@ int main(void) {
   V(VFIO_DEVICE_FEATURE_MIGRATION); V(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
   V(VFIO_TYPE); V(VFIO_BASE);
   V(VFIO_GET_API_VERSION); V(VFIO_CHECK_EXTENSION); V(VFIO_SET_IOMMU); V(VFIO_GROUP_GET_STATUS);
-  V(VFIO_GROUP_SET_CONTAINER); V(VFIO_GROUP_GET_DEVICE_FD); V(VFIO_DEVICE_GET_INFO); V(VFIO_DEVICE_RESET);
+  V(VFIO_GROUP_SET_CONTAINER); V(VFIO_GROUP_GET_DEVICE_FD); V(VFIO_DEVICE_GET_INFO); V(VFIO_DEVICE_GET_REGION_INFO);
+  V(VFIO_DEVICE_RESET);
   V(VFIO_DEVICE_FEATURE);
   V(VFIO_API_VERSION); V(VFIO_TYPE1v2_IOMMU); V(VFIO_GROUP_FLAGS_VIABLE);
   S(vfio_device_feature); F(vfio_device_feature, argsz); F(vfio_device_feature, flags);
   S(vfio_device_feature_migration); F(vfio_device_feature_migration, flags);
   S(vfio_device_feature_mig_state); F(vfio_device_feature_mig_state, device_state); F(vfio_device_feature_mig_state, data_fd);
   S(vfio_group_status); F(vfio_group_status, argsz); F(vfio_group_status, flags);
+  S(vfio_region_info); F(vfio_region_info, argsz); F(vfio_region_info, flags); F(vfio_region_info, index);
+  F(vfio_region_info, cap_offset); F(vfio_region_info, size); F(vfio_region_info, offset);
   pair("_IO+18", _IO(VFIO_TYPE, VFIO_BASE + 18));
   pair("_IO+21", _IO(VFIO_TYPE, VFIO_BASE + 21));
 #ifdef VFIO_MIGRATION_PRE_COPY /* the enum's PRE_COPY states came with it (Linux 6.2) */

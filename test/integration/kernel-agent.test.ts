@@ -25,6 +25,15 @@ async function pciFunction(bdf: string, driver: string | undefined, extra: { cde
   if (extra.group) await symlink(`../../../kernel/iommu_groups/${extra.group}`, join(d, 'iommu_group'));
 }
 
+/** An mdev as the mdev bus shows it: its type, its group, and its cdev where the kernel has them. */
+async function mdev(uuid: string, type: string, group: string, cdev?: string) {
+  const d = join(sysfs, 'bus/mdev/devices', uuid);
+  await mkdir(d, { recursive: true });
+  await symlink(`../../../devices/virtual/mtty/mtty/mdev_supported_types/${type}`, join(d, 'mdev_type'));
+  await symlink(`../../../kernel/iommu_groups/${group}`, join(d, 'iommu_group'));
+  if (cdev) await mkdir(join(d, 'vfio-dev', cdev), { recursive: true });
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'devmig-kagent-'));
   sysfs = join(dir, 'sys');
@@ -34,13 +43,16 @@ beforeAll(async () => {
   await pciFunction('0000:3b:00.2', 'mlx5_vfio_pci', { group: '41' });
   await pciFunction('0000:00:1f.2', 'ahci', { group: '7' });
   await pciFunction('0000:3b:00.3', undefined, { group: '42' });
+  await mdev('83b8f4f2-509f-382f-3c1e-e6bfe0fa1001', 'mtty-2', '43');
+  await mkdir(join(sysfs, 'bus/mdev/devices/not-a-uuid'), { recursive: true });
 });
 afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
 
-it('finds the functions bound to vfio drivers, with their cdev or group', async () => {
+it('finds the functions bound to vfio drivers and the mdevs, with their cdev or group', async () => {
   expect(await discoverVfioDevices(sysfs, '/dev')).toEqual([
-    { name: 'pci-0000-3b-00-1', bdf: '0000:3b:00.1', driver: 'vfio-pci', cdev: '/dev/vfio/devices/vfio0', group: '/dev/vfio/40' },
-    { name: 'pci-0000-3b-00-2', bdf: '0000:3b:00.2', driver: 'mlx5_vfio_pci', group: '/dev/vfio/41' },
+    { name: 'pci-0000-3b-00-1', kind: 'pci', address: '0000:3b:00.1', driver: 'vfio-pci', cdev: '/dev/vfio/devices/vfio0', group: '/dev/vfio/40' },
+    { name: 'pci-0000-3b-00-2', kind: 'pci', address: '0000:3b:00.2', driver: 'mlx5_vfio_pci', group: '/dev/vfio/41' },
+    { name: 'mdev-83b8f4f2-509f-382f-3c1e-e6bfe0fa1001', kind: 'mdev', address: '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001', driver: 'mtty-2', group: '/dev/vfio/43' },
   ]);
   expect(deviceNameOf('0000:AF:00.7')).toBe('pci-0000-af-00-7');
 });
@@ -62,6 +74,7 @@ it('migrates a kernel device between two agents, exactly', async () => {
     expect(listed.devices.map((d) => [d.name, d.kind, d.flags.join(','), d.state])).toEqual([
       ['pci-0000-3b-00-1', 'kernel', 'STOP_COPY,P2P,PRE_COPY', 'RUNNING'],
       ['pci-0000-3b-00-2', 'kernel', 'STOP_COPY,P2P,PRE_COPY', 'RUNNING'],
+      ['mdev-83b8f4f2-509f-382f-3c1e-e6bfe0fa1001', 'kernel', 'STOP_COPY,P2P,PRE_COPY', 'RUNNING'], // opened by its UUID in its group
     ]);
     const dev = 'pci-0000-3b-00-2'; // the group/container path on both sides
     const before = digest(fdOf(source, dev));
