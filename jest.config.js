@@ -9,10 +9,13 @@ export default {
   moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
   testMatch: ['<rootDir>/test/**/*.test.ts'],
   // The fault matrix runs on its own (npm run test:faults): it kills processes and needs the machine.
-  // The load run (npm run test:load: 20 agents, 200 migrations) too.
+  // The load run (npm run test:load: 20 agents, 200 migrations) too, and the real kernel's tests.
   testPathIgnorePatterns: [
     ...(process.env.DEVMIG_FAULTS ? [] : ['<rootDir>/test/faults/']),
     ...(process.env.DEVMIG_LOAD ? [] : ['<rootDir>/test/load/']),
+    // The real kernel's tests (npm run test:kernel): test/kernel/guest runs inside the QEMU guest,
+    // test/kernel/local on the host against agents in the guest.
+    ...(process.env.DEVMIG_KERNEL_TESTS ? [] : ['<rootDir>/test/kernel/']),
   ],
   testTimeout: 60000,
   // Integration tests start real processes and servers; two workers match the 2-core CI machine.

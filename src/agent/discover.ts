@@ -46,9 +46,15 @@ export async function discoverVfioDevices(sysfs: string, dev: string): Promise<F
   return found;
 }
 
-/** The device's iommufd cdev (vfio-dev/vfioN, on kernels with VFIO_DEVICE_CDEV) and its group. */
+/**
+ * The device's iommufd cdev and its group. Every VFIO device has a vfio-dev/vfioN entry in sysfs, but
+ * only a kernel with VFIO_DEVICE_CDEV gives it a character device, which sysfs shows as its `dev`
+ * attribute (Debian's 6.12 lists vfio-dev/vfio0 and has no /dev/vfio/devices).
+ */
 async function access(dir: string, dev: string): Promise<{ cdev?: string; group?: string }> {
-  const cdev = (await list(join(dir, 'vfio-dev'))).find((c) => /^vfio\d+$/.test(c));
+  const entries = (await list(join(dir, 'vfio-dev'))).filter((c) => /^vfio\d+$/.test(c));
+  let cdev: string | undefined;
+  for (const c of entries) if ((await list(join(dir, 'vfio-dev', c))).includes('dev')) cdev ??= c;
   const group = await link(join(dir, 'iommu_group'));
   return { ...(cdev ? { cdev: join(dev, 'vfio/devices', cdev) } : {}), ...(group ? { group: join(dev, 'vfio', group) } : {}) };
 }

@@ -8,7 +8,7 @@ import type { DeviceMigration, Kube } from '../kube/kube.js';
 import { simDigest } from '../vfio/sim/digest.js';
 import { CliError, jsonLine, parseFormat, table, type Io } from './output.js';
 
-interface UpOpts { dir: string; nodes: string; devices: string; stateSize: string; loopback: string; output?: string }
+interface UpOpts { dir: string; nodes: string; devices: string; stateSize: string; loopback: string; output?: string; kernel?: string | boolean }
 
 export function registerLocal(program: Command, io: Io): void {
   const local = program.command('local').description('a local devmig: real kube-apiserver, agents with simulated devices, controller');
@@ -19,7 +19,22 @@ export function registerLocal(program: Command, io: Io): void {
     .option('--dir <dir>', 'where the local environment lives', '.devmig')
     .action(async (o: { dir: string }) => (await env()).localDown(o.dir, (t) => io.out(t)));
   const demo = local.command('demo').description('local up, then migrate node-1/sim-0 to node-2 and watch it, then check the digest');
-  addUpOptions(demo).option('--strategy <s>', 'StopCopy, PreCopy or Auto', 'Auto').action((o: UpOpts & { strategy: string }) => runDemo(o, io));
+  addUpOptions(demo).option('--strategy <s>', 'StopCopy, PreCopy or Auto', 'Auto')
+    .action((o: UpOpts & { strategy: string }) => (o.kernel ? kernelCli().then((k) => k.runKernelDemo(upOptions(o), o.strategy, io, o.output)) : runDemo(o, io)));
+  registerMarker(local, io);
+}
+
+/** --kernel's demo and the marker command, loaded when used. */
+const kernelCli = () => import('./local-kernel.js');
+
+function registerMarker(local: Command, io: Io): void {
+  local.command('marker').description('read, and with --set write, a device\'s visible state in the --kernel environment: mtty\'s scratch register of each port')
+    .requiredOption('--node <node>', 'the node, e.g. node-1')
+    .requiredOption('--device <name>', 'the device, e.g. mdev-6d747479-0000-4000-8000-000001000000 (see kubectl get devicenodes)')
+    .option('--set <hex>', 'one hex byte per port, e.g. 5aa5 for a two-port mtty')
+    .option('--dir <dir>', 'where the local environment lives', '.devmig')
+    .option('-o, --output <format>', 'json for one JSON object')
+    .action(async (o: { node: string; device: string; set?: string; dir: string; output?: string }) => (await kernelCli()).marker(o, io));
 }
 
 /** The local environment and the Kubernetes client, loaded by the commands that use them (~50 MB of RSS). */
@@ -31,6 +46,7 @@ function addUpOptions(c: Command): Command {
     .option('--devices <m>', 'simulated devices per node', '2')
     .option('--state-size <quantity>', 'device state size', '64Mi')
     .option('--loopback <prefix>', 'agents listen on <prefix>.2, <prefix>.3, ...', '127.0.0')
+    .option('--kernel [guest]', 'agents on real mtty devices in a QEMU guest booting Debian\'s kernel (debian, the default) or ours with iommufd (cdev)')
     .option('-o, --output <format>', 'json for one JSON object');
 }
 
@@ -40,14 +56,16 @@ async function up_(o: UpOpts, io: Io): Promise<void> {
   if (format === 'json') io.out(jsonLine(state));
 }
 
-function upOptions(o: UpOpts) {
+export function upOptions(o: UpOpts) {
   const nodes = Number(o.nodes);
   const devices = Number(o.devices);
   if (!Number.isInteger(nodes) || nodes < 2 || nodes > 50) throw new CliError(`--nodes ${o.nodes}: give a whole number from 2 to 50`);
   if (!Number.isInteger(devices) || devices < 1 || devices > 64) throw new CliError(`--devices ${o.devices}: give a whole number from 1 to 64`);
   parseQuantity(o.stateSize, '--state-size');
   if (!/^127\.\d{1,3}\.\d{1,3}$/.test(o.loopback)) throw new CliError(`--loopback ${o.loopback}: give the first three octets of a loopback address, e.g. 127.0.0`);
-  return { dir: o.dir, nodes, devices, stateSize: o.stateSize, loopbackPrefix: o.loopback };
+  const kernel = o.kernel === true ? 'debian' : o.kernel;
+  if (kernel !== undefined && kernel !== 'debian' && kernel !== 'cdev') throw new CliError(`--kernel ${kernel}: give debian (Debian's 6.12 kernel, the legacy group path) or cdev (ours, with iommufd)`);
+  return { dir: o.dir, nodes, devices, stateSize: o.stateSize, loopbackPrefix: o.loopback, ...(kernel ? { kernel: kernel as 'debian' | 'cdev' } : {}) };
 }
 
 async function runDemo(o: UpOpts & { strategy: string }, io: Io): Promise<void> {
@@ -78,7 +96,7 @@ async function runDemo(o: UpOpts & { strategy: string }, io: Io): Promise<void> 
   if (s.phase !== 'Succeeded' || !intact) throw new CliError(`the demo migration ended ${s.phase}${s.failure ? `: ${s.failure.reason}: ${s.failure.message}` : ''}`);
 }
 
-async function watch(kube: Kube, name: string, say: (t: string) => void): Promise<DeviceMigration> {
+export async function watch(kube: Kube, name: string, say: (t: string) => void): Promise<DeviceMigration> {
   let last = '';
   const deadline = Date.now() + 300_000;
   while (Date.now() < deadline) {

@@ -22,6 +22,9 @@ import { alive } from '../vfio/sim/lock.js';
 import { deviceMemoryRoot } from '../vfio/sim/memory.js';
 import { startApiserver } from './apiserver.js';
 import { applyObjects, readInstallIdentity, serviceAccountToken, tokenKubeconfig, type InstallIdentity } from './identity.js';
+import type { GuestKernel } from './guest/artifacts.js';
+import type { MttyType } from './guest/mtty.js';
+import type { GuestState } from './kernel-env.js';
 
 const devmigBin = fileURLToPath(new URL('../../bin/devmig.js', import.meta.url));
 
@@ -46,6 +49,10 @@ export interface LocalOptions {
   readonly spare?: Record<string, string[]>;
   /** Per node, its agent's podResources config (a kubelet's socket, or a test's PodResources server). */
   readonly podResources?: Record<string, Record<string, unknown>>;
+  /** Agents on real mtty devices in a QEMU guest booting this kernel (src/local/kernel-env.ts). */
+  readonly kernel?: GuestKernel;
+  /** With `kernel`: the mtty types of each node's devices (default: `devices` mtty-2 each). */
+  readonly kernelDeviceTypes?: Record<string, MttyType[]>;
 }
 
 export interface LocalState {
@@ -56,6 +63,8 @@ export interface LocalState {
   readonly controller: { pid: number; metrics: string; config: string };
   /** The simulated devices' memory, one directory per node (removed by `local down`). */
   readonly deviceMemory?: string;
+  /** With --kernel: the guest the agents run in (their pid is 0 here: they are the guest's processes). */
+  readonly guest?: GuestState;
 }
 
 const statePath = (dir: string) => join(dir, 'local.json');
@@ -95,6 +104,17 @@ export async function localUp(o: LocalOptions, say: (t: string) => void): Promis
   say(`applied the install's ServiceAccounts, RBAC and admission policy (namespace ${id.namespace})`);
   const controller = await startController(dir, kube, id, o.evacuationMaxParallelTotal);
   say(`started the controller (metrics ${controller.metrics}); it runs the PKI and signs the agents' certificates`);
+  if (o.kernel) {
+    const { startKernelAgents } = await import('./kernel-env.js');
+    const k = await startKernelAgents({ dir, kube, id, nodes, hosts, kernel: o.kernel, devices: o.devices, controlPort: await freePort(), say,
+      ...(o.kernelDeviceTypes ? { deviceTypes: o.kernelDeviceTypes } : {}) });
+    const state: LocalState = { dir, kubeconfig, apiserver: { pid: api.pid, server: api.server }, agents: k.agents, controller, guest: k.guest };
+    await writeFile(statePath(dir), JSON.stringify(state, null, 2));
+    // Under TCG a guest boots and starts its Node processes in tens of seconds, minutes on a busy machine.
+    await waitAgentsReady(kube, nodes, 900);
+    say(`ready: export KUBECONFIG=${kubeconfig}`);
+    return state;
+  }
   const deviceMemory = join(await deviceMemoryRoot(), `devmig-local-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
   const agents = [];
   for (const [i, node] of nodes.entries()) agents.push(await startAgent(dir, kube, id, node, hosts[i]!, { ...o, simDir: join(deviceMemory, node) }));
@@ -112,8 +132,11 @@ export async function localDown(dir: string, say: (t: string) => void): Promise<
     say(`nothing to stop in ${resolve(dir)}`);
     return;
   }
-  const pids: Array<[string, number]> = [['controller', s.controller.pid], ...s.agents.map((a) => [`agent ${a.node}`, a.pid] as [string, number])];
-  for (const a of s.agents) {
+  if (s.guest) await (await import('./kernel-env.js')).stopGuest(s.guest, say);
+  // An agent in the guest has no pid here (0): the number would be some host process's.
+  const hostAgents = s.agents.filter((a) => a.pid > 0);
+  const pids: Array<[string, number]> = [['controller', s.controller.pid], ...hostAgents.map((a) => [`agent ${a.node}`, a.pid] as [string, number])];
+  for (const a of hostAgents) {
     const holder = Number((await readFile(join(a.stateDir, 'holder.pid'), 'utf8').catch(() => '')).trim());
     if (holder > 0) pids.push([`fd holder ${a.node}`, holder]);
   }
@@ -234,8 +257,8 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function waitAgentsReady(kube: Kube, nodes: string[]): Promise<void> {
-  for (let i = 0; i < 600; i++) {
+async function waitAgentsReady(kube: Kube, nodes: string[], seconds = 60): Promise<void> {
+  for (let i = 0; i < seconds * 10; i++) {
     // A CRD just established may answer 429 while its storage initializes: ask again.
     const dn = await kube.listDeviceNodes().catch((e: unknown) => {
       if ((e as { code?: number }).code === 429) return [];
@@ -244,5 +267,5 @@ async function waitAgentsReady(kube: Kube, nodes: string[]): Promise<void> {
     if (nodes.every((n) => dn.some((d) => d.metadata.name === n && d.status?.ready))) return;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`agents did not publish ready DeviceNodes for ${nodes.join(', ')} in 60 s; see the logs in the local directory`);
+  throw new Error(`agents did not publish ready DeviceNodes for ${nodes.join(', ')} in ${seconds} s; see the logs in the local directory`);
 }

@@ -3,7 +3,7 @@
  * through the C double of the kernel's ioctls, and migrated node to node through the relay.
  */
 import koffi from 'koffi';
-import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Agent } from '../../src/agent/agent.js';
@@ -21,8 +21,14 @@ async function pciFunction(bdf: string, driver: string | undefined, extra: { cde
   const d = join(sysfs, 'bus/pci/devices', bdf);
   await mkdir(d, { recursive: true });
   if (driver) await symlink(`../../../bus/pci/drivers/${driver}`, join(d, 'driver'));
-  if (extra.cdev) await mkdir(join(d, 'vfio-dev', extra.cdev), { recursive: true });
+  if (extra.cdev) await cdevEntry(d, extra.cdev);
   if (extra.group) await symlink(`../../../kernel/iommu_groups/${extra.group}`, join(d, 'iommu_group'));
+}
+
+/** vfio-dev/vfioN with its `dev` attribute: a character device, as on a kernel with VFIO_DEVICE_CDEV. */
+async function cdevEntry(dir: string, cdev: string) {
+  await mkdir(join(dir, 'vfio-dev', cdev), { recursive: true });
+  await writeFile(join(dir, 'vfio-dev', cdev, 'dev'), '239:0\n');
 }
 
 /** An mdev as the mdev bus shows it: its type, its group, and its cdev where the kernel has them. */
@@ -31,7 +37,7 @@ async function mdev(uuid: string, type: string, group: string, cdev?: string) {
   await mkdir(d, { recursive: true });
   await symlink(`../../../devices/virtual/mtty/mtty/mdev_supported_types/${type}`, join(d, 'mdev_type'));
   await symlink(`../../../kernel/iommu_groups/${group}`, join(d, 'iommu_group'));
-  if (cdev) await mkdir(join(d, 'vfio-dev', cdev), { recursive: true });
+  if (cdev) await cdevEntry(d, cdev);
 }
 
 beforeAll(async () => {
@@ -44,6 +50,8 @@ beforeAll(async () => {
   await pciFunction('0000:00:1f.2', 'ahci', { group: '7' });
   await pciFunction('0000:3b:00.3', undefined, { group: '42' });
   await mdev('83b8f4f2-509f-382f-3c1e-e6bfe0fa1001', 'mtty-2', '43');
+  // Every VFIO device has vfio-dev/vfioN in sysfs; without VFIO_DEVICE_CDEV it has no `dev`: no cdev.
+  await mkdir(join(sysfs, 'bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001/vfio-dev/vfio3'), { recursive: true });
   await mkdir(join(sysfs, 'bus/mdev/devices/not-a-uuid'), { recursive: true });
 });
 afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
