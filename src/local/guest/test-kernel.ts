@@ -11,7 +11,7 @@
  * Arguments: --kernel debian|cdev (one guest only), --only guest|local.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureGuest, GUEST_KERNELS, guestCache, type GuestKernel } from './artifacts.js';
@@ -64,14 +64,30 @@ async function guestSuite(kernel: GuestKernel): Promise<boolean> {
   return false;
 }
 
-/** test/kernel/local on the host: the local environment with its agents in a guest. */
-function localSuite(): Promise<boolean> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--experimental-vm-modules', join(repo, 'node_modules/jest/bin/jest.js'), '--runInBand', '--roots', join(repo, 'test/kernel/local')], {
-      cwd: repo, stdio: 'inherit', env: { ...process.env, DEVMIG_KERNEL_TESTS: 'local' },
+/**
+ * test/kernel/local on the host: the local environment with its agents in a guest. Its directory is
+ * kept (DEVMIG_KEEP) under a temporary dir of ours, so a failure prints the guest's console and the
+ * agents' and controller's logs; a pass removes it.
+ */
+async function localSuite(): Promise<boolean> {
+  await mkdir(join(guestCache(), 'runs'), { recursive: true });
+  const tmp = await mkdtemp(join(guestCache(), 'runs', 'local-'));
+  const ok = await new Promise<boolean>((resolve) => {
+    const child = spawn(process.execPath, ['--experimental-vm-modules', join(repo, 'node_modules/jest/bin/jest.js'), '--ci', '--runInBand', '--roots', join(repo, 'test/kernel/local')], {
+      cwd: repo, stdio: 'inherit', env: { ...process.env, DEVMIG_KERNEL_TESTS: 'local', DEVMIG_KEEP: '1', TMPDIR: tmp },
     });
     child.on('close', (code) => resolve(code === 0));
   });
+  if (!ok) {
+    for (const f of await logsUnder(tmp)) say(`=== ${f} (last 200 lines)\n${(await readFile(f, 'utf8')).split('\n').slice(-200).join('\n')}`);
+  }
+  await rm(tmp, { recursive: true, force: true });
+  return ok;
+}
+
+async function logsUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true }).catch(() => [] as string[]);
+  return entries.filter((f) => f.endsWith('.log')).sort().map((f) => join(dir, f));
 }
 
 const secs = (since: number) => Math.round((Date.now() - since) / 1000);
