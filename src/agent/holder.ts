@@ -12,7 +12,11 @@ import { closeFds, takeFds } from './fdpass.js';
 const PID_FILE = 'holder.pid';
 const HELD_FILE = 'held.json';
 const HANDOFF_FILE = 'handoff.json';
-const HOLDER_START_MS = 30_000;
+/**
+ * How long a holder (a Node process) may take to start: 30 s, or DEVMIG_HOLDER_START_SECONDS. Under
+ * QEMU's TCG on a busy machine a Node process takes longer than that (the --kernel environment).
+ */
+const HOLDER_START_MS = Number(process.env.DEVMIG_HOLDER_START_SECONDS ?? 30) * 1000 || 30_000;
 
 export async function findHolder(stateDir: string): Promise<number | undefined> {
   const text = await readFile(join(stateDir, PID_FILE), 'utf8').catch((e: NodeJS.ErrnoException) => {

@@ -56,11 +56,26 @@ function forward(f: GuestPlan['forwards'][number]): Promise<void> {
   return new Promise((resolve, reject) => server.once('error', reject).listen(f.listen.port, f.listen.host, resolve));
 }
 
-function startAgent(n: GuestPlan['nodes'][number]): void {
+let stopping = false;
+
+/**
+ * Starts a node's agent, and again after it exits, as a kubelet restarts a DaemonSet's pod: a backoff
+ * from 1 s doubling to 30 s. Under TCG a Node process starts slowly: its fd holder gets 5 minutes.
+ */
+function startAgent(n: GuestPlan['nodes'][number], backoffMs = 1000): void {
   const log = openSync(n.log, 'a');
-  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, devmigBin, 'agent', '--config', n.config], { stdio: ['ignore', log, log] });
+  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, devmigBin, 'agent', '--config', n.config], {
+    stdio: ['ignore', log, log], env: { ...process.env, DEVMIG_HOLDER_START_SECONDS: '300' },
+  });
+  const started = Date.now();
   agents.set(n.node, child);
-  child.on('exit', (code, signal) => process.stdout.write(`guestd: agent ${n.node} exited (${signal ?? code})\n`));
+  child.on('exit', (code, signal) => {
+    process.stdout.write(`guestd: agent ${n.node} exited (${signal ?? code})\n`);
+    if (stopping) return;
+    // A run that lasted a while starts the backoff over.
+    const next = Date.now() - started > 60_000 ? 1000 : Math.min(backoffMs * 2, 30_000);
+    setTimeout(() => startAgent(n, next), backoffMs).unref();
+  });
 }
 
 /** A KernelDevice over copies of the fds the node's holder keeps for `device`. */
@@ -115,6 +130,7 @@ async function handle(plan: GuestPlan, req: IncomingMessage, res: ServerResponse
 }
 
 async function powerOff(): Promise<never> {
+  stopping = true;
   for (const a of agents.values()) a.kill('SIGTERM');
   const deadline = Date.now() + 20_000;
   while ([...agents.values()].some((a) => a.exitCode === null && a.signalCode === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
