@@ -61,10 +61,19 @@ export async function ensureGuest(kernel: GuestKernel, say: Say = () => undefine
   return kernel === 'debian' ? ensureDebian(say) : ensureCdev(say);
 }
 
+/** Where a kernel's build lives in the cache, and its key (a hash of what it is built from). */
+export async function kernelDir(kernel: GuestKernel): Promise<{ dir: string; key: string }> {
+  if (kernel === 'debian') {
+    const key = hash([DEBIAN_KERNEL, await readFile(join(GUEST_SOURCE, 'build-mtty.sh'))]);
+    return { key, dir: join(guestCache(), `debian-${DEBIAN_KERNEL.release}-${key}`) };
+  }
+  const [script, fragment] = await Promise.all([readFile(join(GUEST_SOURCE, 'build-kernel.sh')), readFile(join(GUEST_SOURCE, 'cdev.config'))]);
+  const key = hash([CDEV_KERNEL, script, fragment]);
+  return { key, dir: join(guestCache(), `cdev-${CDEV_KERNEL.version}-${key}`) };
+}
+
 async function ensureDebian(say: Say): Promise<GuestFiles> {
-  const script = await readFile(join(GUEST_SOURCE, 'build-mtty.sh'));
-  const key = hash([DEBIAN_KERNEL, script]);
-  const dir = join(guestCache(), `debian-${DEBIAN_KERNEL.release}-${key}`);
+  const { dir, key } = await kernelDir('debian');
   if (!(await exists(join(dir, 'done')))) {
     const started = Date.now();
     say(`building the Debian ${DEBIAN_KERNEL.release} guest (kernel, modules, mtty.ko) into ${dir}`);
@@ -82,9 +91,7 @@ async function ensureDebian(say: Say): Promise<GuestFiles> {
 }
 
 async function ensureCdev(say: Say): Promise<GuestFiles> {
-  const [script, fragment] = await Promise.all([readFile(join(GUEST_SOURCE, 'build-kernel.sh')), readFile(join(GUEST_SOURCE, 'cdev.config'))]);
-  const key = hash([CDEV_KERNEL, script, fragment]);
-  const dir = join(guestCache(), `cdev-${CDEV_KERNEL.version}-${key}`);
+  const { dir, key } = await kernelDir('cdev');
   if (!(await exists(join(dir, 'bzImage')))) {
     const started = Date.now();
     say(`building the iommufd/cdev guest kernel from ${CDEV_KERNEL.source} ${CDEV_KERNEL.version} into ${dir} (about 10 minutes on 2 cores, once)`);
