@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { API_VERSION } from '../api/names.js';
 import { formatBytes } from '../api/quantity.js';
+import type { DeviceMigration } from '../kube/kube.js';
 import type { LocalOptions, LocalState } from '../local/env.js';
 import type { GuestState } from '../local/kernel-env.js';
 import { watch } from './local.js';
@@ -37,6 +38,17 @@ export async function marker(o: { node: string; device: string; set?: string; di
   io.out(`${m.node}/${m.device}: marker ${m.marker} (scratch register of ${m.ports} port${m.ports > 1 ? 's' : ''}), device ${m.state}`);
 }
 
+/** The arcs as the kernel answered them, and the marker on the target. */
+async function report(g: GuestState, m: DeviceMigration, wrote: string, say: (t: string) => void) {
+  const s = m.status!;
+  say(table(['DEVICE', 'FROM', 'TO', 'RESULT', 'MS', 'ERRNO'], (s.arcs ?? []).map((a) => [a.device, a.from, a.to, a.result, String(a.durationMs), a.errno ?? ''])));
+  const after = s.targetDevice ? await readMarker(g, 'node-2', s.targetDevice) : undefined;
+  const intact = after?.marker === wrote;
+  say(`\n${m.metadata.name}: ${s.phase}; moved ${formatBytes(s.transfer?.bytes ?? 0)}, downtime ${s.downtimeMs ?? '?'} ms`);
+  say(`target node-2/${s.targetDevice ?? '?'}: marker ${after?.marker ?? '?'}, ${after?.state ?? '?'}: ${intact ? 'the marker is intact on the target' : 'DIFFERENT'}`);
+  return { s, after, intact };
+}
+
 /** local up --kernel, a marker on node-1's first device, a migration to node-2, the marker on the target. */
 export async function runKernelDemo(opts: LocalOptions, strategy: string, io: Io, output?: string): Promise<void> {
   const format = parseFormat(output);
@@ -56,12 +68,7 @@ export async function runKernelDemo(opts: LocalOptions, strategy: string, io: Io
     spec: { source: { node: 'node-1', device: source.name }, target: { node: 'node-2' }, strategy },
   } });
   const m = await watch(kube, name, say);
-  const s = m.status!;
-  say(table(['DEVICE', 'FROM', 'TO', 'RESULT', 'MS', 'ERRNO'], (s.arcs ?? []).map((a) => [a.device, a.from, a.to, a.result, String(a.durationMs), a.errno ?? ''])));
-  const after = s.targetDevice ? await readMarker(g, 'node-2', s.targetDevice) : undefined;
-  const intact = after?.marker === wrote.marker;
-  say(`\n${name}: ${s.phase}; moved ${formatBytes(s.transfer?.bytes ?? 0)}, downtime ${s.downtimeMs ?? '?'} ms`);
-  say(`target node-2/${s.targetDevice ?? '?'}: marker ${after?.marker ?? '?'}, ${after?.state ?? '?'}: ${intact ? 'the marker is intact on the target' : 'DIFFERENT'}`);
+  const { s, after, intact } = await report(g, m, wrote.marker, say);
   say(`\nthe environment keeps running: KUBECONFIG=${join(resolve(opts.dir), 'kubeconfig')} kubectl get dmig; ` +
     '`devmig local marker --node node-2 --device ...`; stop it with `npm run local:down`');
   if (format === 'json') io.out(jsonLine({ name, phase: s.phase, bytes: s.transfer?.bytes, downtimeMs: s.downtimeMs, arcs: s.arcs?.length, marker: wrote.marker, target: after?.marker, intact }));

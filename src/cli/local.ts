@@ -63,9 +63,15 @@ export function upOptions(o: UpOpts) {
   if (!Number.isInteger(devices) || devices < 1 || devices > 64) throw new CliError(`--devices ${o.devices}: give a whole number from 1 to 64`);
   parseQuantity(o.stateSize, '--state-size');
   if (!/^127\.\d{1,3}\.\d{1,3}$/.test(o.loopback)) throw new CliError(`--loopback ${o.loopback}: give the first three octets of a loopback address, e.g. 127.0.0`);
-  const kernel = o.kernel === true ? 'debian' : o.kernel;
-  if (kernel !== undefined && kernel !== 'debian' && kernel !== 'cdev') throw new CliError(`--kernel ${kernel}: give debian (Debian's 6.12 kernel, the legacy group path) or cdev (ours, with iommufd)`);
-  return { dir: o.dir, nodes, devices, stateSize: o.stateSize, loopbackPrefix: o.loopback, ...(kernel ? { kernel: kernel as 'debian' | 'cdev' } : {}) };
+  const kernel = guestKernel(o.kernel);
+  return { dir: o.dir, nodes, devices, stateSize: o.stateSize, loopbackPrefix: o.loopback, ...(kernel ? { kernel } : {}) };
+}
+
+function guestKernel(flag: string | boolean | undefined): 'debian' | 'cdev' | undefined {
+  if (flag === undefined || flag === false) return undefined;
+  if (flag === true || flag === 'debian') return 'debian';
+  if (flag === 'cdev') return 'cdev';
+  throw new CliError(`--kernel ${flag}: give debian (Debian's 6.12 kernel, the legacy group path) or cdev (ours, with iommufd)`);
 }
 
 async function runDemo(o: UpOpts & { strategy: string }, io: Io): Promise<void> {

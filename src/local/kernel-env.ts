@@ -125,7 +125,7 @@ async function apiserverForward(kube: Kube): Promise<GuestPlan['forwards'][numbe
 export async function guestControl(g: GuestState, path: string, method = 'GET'): Promise<Record<string, unknown>> {
   const r = await fetch(`${g.control}${path}`, { method, headers: { authorization: `Bearer ${g.token}` }, signal: AbortSignal.timeout(30_000) });
   const body = (await r.json().catch(() => ({}))) as Record<string, unknown>;
-  if (!r.ok) throw new Error(`guest ${method} ${path}: ${String(body.error ?? r.status)}`);
+  if (!r.ok) throw new Error(`guest ${method} ${path}: ${typeof body.error === 'string' ? body.error : `HTTP ${r.status}`}`);
   return body;
 }
 
