@@ -89,7 +89,8 @@ export async function startKernelAgents(o: KernelEnvOptions): Promise<KernelAgen
       node, listen: { host: '0.0.0.0', port }, advertise: endpoint, stateDir,
       tls: { kubernetes: { namespace: o.id.namespace } },
       kube: { kubeconfig, heartbeatSeconds: 2 },
-      devices: { kernel: { include: devices[node].map((d) => d.name) } },
+      // guestd makes these mdevs as the guest boots: they hold nothing yet, so they are spare.
+      devices: { spare: ['*'], kernel: { include: devices[node].map((d) => d.name) } },
     };
     const config = join(share, `${node}.agent.json`);
     await writeFile(config, JSON.stringify(cfg, null, 2));
