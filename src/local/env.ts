@@ -151,7 +151,8 @@ export async function localDown(dir: string, say: (t: string) => void): Promise<
   // The devices' state is gone, so is every record of it: etcd (the DeviceMigrations, DeviceNodes)
   // and the agents' journals. The next `up` starts fresh, the devices spare and empty again.
   await rm(join(s.dir, 'apiserver'), { recursive: true, force: true });
-  for (const a of s.agents) await rm(a.stateDir, { recursive: true, force: true });
+  // (A guest's agents kept theirs on the guest's tmpfs: a path of the guest's, gone with it.)
+  for (const a of hostAgents) await rm(a.stateDir, { recursive: true, force: true });
   say('removed the API server\'s data and the agents\' journals: the next `local up` starts fresh');
   await rm(statePath(s.dir), { force: true });
 }
