@@ -44,7 +44,7 @@ export async function cleanup(): Promise<void> {
 
 export const arcList = (r: SetStateResult) => r.arcs.map((a) => `${a.from}>${a.to}${a.errno ? `!${a.errno}` : ''}`).join(',');
 
-/** Reads a save stream to its end; `pauses` counts PRE_COPY's temporary ends on the way. */
+/** Reads a STOP_COPY save stream to its end (a PRE_COPY pause there is an error). */
 export async function readAll(s: SaveStream): Promise<Buffer> {
   const parts: Buffer[] = [];
   for (;;) {
