@@ -65,7 +65,8 @@ async function guestSuite(kernel: GuestKernel): Promise<boolean> {
 }
 
 /**
- * test/kernel/local on the host: the local environment with its agents in a guest. Its directory is
+ * test/kernel/local on the host: the local environment with its agents in a guest (each test waits
+ * for its migration itself; under TCG on a loaded machine one took over a minute). Its directory is
  * kept (DEVMIG_KEEP) under a temporary dir of ours, so a failure prints the guest's console and the
  * agents' and controller's logs; a pass removes it.
  */
@@ -73,7 +74,7 @@ async function localSuite(): Promise<boolean> {
   await mkdir(join(guestCache(), 'runs'), { recursive: true });
   const tmp = await mkdtemp(join(guestCache(), 'runs', 'local-'));
   const ok = await new Promise<boolean>((resolve) => {
-    const child = spawn(process.execPath, ['--experimental-vm-modules', join(repo, 'node_modules/jest/bin/jest.js'), '--ci', '--runInBand', '--roots', join(repo, 'test/kernel/local')], {
+    const child = spawn(process.execPath, ['--experimental-vm-modules', join(repo, 'node_modules/jest/bin/jest.js'), '--ci', '--runInBand', '--testTimeout', '900000', '--roots', join(repo, 'test/kernel/local')], {
       cwd: repo, stdio: 'inherit', env: { ...process.env, DEVMIG_KERNEL_TESTS: 'local', DEVMIG_KEEP: '1', TMPDIR: tmp },
     });
     child.on('close', (code) => resolve(code === 0));
