@@ -175,7 +175,7 @@ async function cancelSource(ctx: AgentContext, device: string, migration: string
   const s = ctx.sessions.get(migration, device);
   const d = deviceOf(ctx, device);
   if (s?.role === 'source' && s.allSent) {
-    const peer = await peerCommitted(ctx, s.targetEndpoint, migration);
+    const peer = await peerCommitted(ctx, s.targetEndpoint, s.targetNode, migration);
     if (peer !== false) {
       throw new AgentError(409, 'OutcomeUnknown', `every byte of ${device} reached node ${s.targetNode}` +
         (peer === true ? ', which committed it: the target is the runner' : ', which cannot be asked whether it committed') +
@@ -187,9 +187,12 @@ async function cancelSource(ctx: AgentContext, device: string, migration: string
   return { device, role: 'source', state: r.state, arcs: r.arcs, ...(r.error ? { error: { errno: r.error.errno, message: r.error.message } } : {}) };
 }
 
-/** true: the target committed; false: it did not; undefined: nobody can say. */
-async function peerCommitted(ctx: AgentContext, endpoint: string, migration: string): Promise<boolean | undefined> {
-  const client = new AgentClient(endpoint, ctx.tls);
+/**
+ * true: the target committed; false: it did not; undefined: nobody can say. Only the target node's
+ * own agent may answer: another one's "not committed" would run a second copy of the state.
+ */
+async function peerCommitted(ctx: AgentContext, endpoint: string, node: string, migration: string): Promise<boolean | undefined> {
+  const client = new AgentClient(endpoint, ctx.tls, node);
   try {
     const view = await client.migration(migration);
     return view.sessions.some((x) => x.role === 'target' && x.phase === 'Committed');

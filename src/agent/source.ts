@@ -28,13 +28,16 @@ export async function startSend(ctx: AgentContext, device: string, req: Send): P
     await ctx.journal.step(device, { migration: req.migration, role: 'source', step: 'send:open' });
     // The target is reached before the device stops: an unreachable one costs no downtime (the
     // device never stopped), and the TLS handshake is no part of the downtime.
+    // The target's identity is checked in the handshake: a peer that is not the agent of
+    // req.target.node gets nothing, not a byte of the device's state.
     let link: ClientHttp2Session;
     try {
-      link = await connectTarget(req.target.endpoint, ctx.tls, AbortSignal.timeout(CONNECT_TIMEOUT_MS));
+      link = await connectTarget(req.target.endpoint, req.target.node, ctx.tls, AbortSignal.timeout(CONNECT_TIMEOUT_MS));
     } catch (e) {
       await ctx.journal.step(device, { step: 'send:failed' });
       const state = await d.device.getState();
-      return { status: 424, body: { arcs: [], state, error: { code: 'PeerUnreachable', message: `${(e as Error).message}; the device was not stopped (${state})` } } };
+      const code = e instanceof RelayError ? e.code : 'PeerUnreachable';
+      return { status: 424, body: { arcs: [], state, error: { code, message: `${(e as Error).message}; the device was not stopped (${state})` } } };
     }
     const r = await openSave(d.device, req.precopy);
     if (r.error || r.stream?.kind !== 'save') link.close();
@@ -74,7 +77,7 @@ async function run(ctx: AgentContext, s: SendSession, save: SaveStream, req: Sen
   const log = ctx.log.child({ migration: s.migration, device: s.device, role: 'source' });
   try {
     const result = await sendStream(save, {
-      endpoint: req.target.endpoint, tls: ctx.tls, migration: s.migration, device: req.target.device, ticket: req.ticket,
+      endpoint: req.target.endpoint, node: req.target.node, tls: ctx.tls, migration: s.migration, device: req.target.device, ticket: req.ticket,
       algorithm: ctx.config.digest, signal: s.abort.signal, ...(req.bandwidth ? { bandwidth: req.bandwidth } : {}),
       onProgress: (b) => { s.bytes = b; },
     }, link);

@@ -1,6 +1,8 @@
 /**
  * A client of one agent's control API over HTTP/2 with mutual TLS: what the controller, the CLI and
- * peer agents use. Failures carry the agent's error code and the whole answer (arcs included).
+ * peer agents use. It talks to the agent of one node only: a peer whose certificate names another
+ * identity is refused in the handshake (RelayError PeerIdentityMismatch), before any request.
+ * Failures carry the agent's error code and the whole answer (arcs included).
  */
 import { connect, type ClientHttp2Session } from 'node:http2';
 import { once } from 'node:events';
@@ -32,7 +34,8 @@ const REQUEST_TIMEOUT_MS = 30_000;
 export class AgentClient {
   private session: ClientHttp2Session | undefined;
 
-  constructor(readonly endpoint: string, private readonly tls: TlsMaterial, private readonly timeoutMs = REQUEST_TIMEOUT_MS) {}
+  /** `node`: the node whose agent this must be, whatever answers at `endpoint`. */
+  constructor(readonly endpoint: string, private readonly tls: TlsMaterial, readonly node: string, private readonly timeoutMs = REQUEST_TIMEOUT_MS) {}
 
   health = () => this.call<{ ok: boolean }>('GET', '/healthz');
   ready = () => this.call<{ ready: boolean }>('GET', '/readyz');
@@ -85,7 +88,7 @@ export class AgentClient {
 
   private async connect(): Promise<ClientHttp2Session> {
     if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
-    const s = connect(this.endpoint, clientOptions(this.tls));
+    const s = connect(this.endpoint, clientOptions(this.tls, this.node));
     s.on('error', () => undefined); // reported by the request that fails
     s.setTimeout(this.timeoutMs, () => s.destroy(new Error(`no answer from ${this.endpoint} in ${this.timeoutMs} ms`)));
     await Promise.race([

@@ -90,7 +90,7 @@ async function relayRun(dir: string, pki: string, ctl: Material, size: number, d
       const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, devmig, 'agent', '--config', join(dir, `${node}.json`)], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEVMIG_LOG_LEVEL: 'warn' } });
       agents.push({ child, endpoint: `https://${host}:${port}` });
     }
-    const [a, b] = agents.map((x) => new AgentClient(x.endpoint, ctl, 120_000)) as [AgentClient, AgentClient];
+    const [a, b] = agents.map((x, i) => new AgentClient(x.endpoint, ctl, i === 0 ? 'node-a' : 'node-b', 120_000)) as [AgentClient, AgentClient];
     for (const c of [a, b]) await waitReady(c);
     const ticket = newTicket();
     const cpuBefore = await Promise.all(agents.map((x) => cpuSeconds(x.child.pid!)));
@@ -327,7 +327,7 @@ async function h2Source(pki: string, kind: 'h2' | 'relay', port: number, bytes: 
   const tls = await material(pki, 'node-a');
   const endpoint = `https://${SINK_HOST}:${port}`;
   const signal = new AbortController().signal;
-  const session = await connectTarget(endpoint, tls, signal);
+  const session = await connectTarget(endpoint, 'node-b', tls, signal);
   const started = performance.now();
   const cpu = process.cpuUsage();
   if (kind === 'relay') {
@@ -344,7 +344,7 @@ async function h2Source(pki: string, kind: 'h2' | 'relay', port: number, bytes: 
       },
       close: () => Promise.resolve(),
     };
-    const sent = await sendStream(save, { endpoint, tls, migration: 'bench', device: 'null', ticket: 'none', algorithm: digest, signal }, session);
+    const sent = await sendStream(save, { endpoint, node: 'node-b', tls, migration: 'bench', device: 'null', ticket: 'none', algorithm: digest, signal }, session);
     if (sent.bytes !== bytes) throw new Error(`the relay moved ${sent.bytes} bytes, not ${bytes}`);
   } else {
     const req = session.request({ ':method': 'PUT', ':path': '/' });

@@ -40,6 +40,7 @@ async function runController(path: string): Promise<void> {
   const le = cfg.leaderElection;
   const controller = new Controller({
     kube, tls, ticketSecret, log, workers: cfg.workers, evacuationMaxParallel: cfg.evacuation.maxParallelTotal,
+    agentPods: { namespace: cfg.namespace, serviceAccount: cfg.pki?.agentServiceAccount ?? 'devmig-agent' },
     metricsPort: cfg.metrics.port, metricsHost: cfg.metrics.host,
     ...(le.enabled ? { leader: { namespace: le.namespace ?? cfg.namespace, name: le.name, identity: le.identity, leaseSeconds: le.leaseSeconds } } : {}),
   });

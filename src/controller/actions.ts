@@ -6,6 +6,7 @@ import { createHmac } from 'node:crypto';
 import { parseDuration, parseQuantity } from '../api/quantity.js';
 import type { ArcRecord } from '../api/types.js';
 import { AgentCallError, type AgentClient, type ArcsAnswer } from '../agentapi/client.js';
+import { RelayError } from '../relay/errors.js';
 import type { DeviceMigration, DeviceNode } from '../kube/kube.js';
 import { pastCommit, type Event, type Step } from './machine.js';
 
@@ -54,8 +55,18 @@ export async function call(device: 'source' | 'target', fn: () => Promise<ArcsAn
       if (e.status >= 500 || e.status === 429) return { event: { kind: 'unknown', reason: e.code, message: e.message }, arcs };
       return { event: { kind: 'failed', reason: e.code, message: body.error?.message ?? e.message }, arcs };
     }
-    return { event: { kind: 'unknown', reason: 'AgentUnreachable', message: `${device} agent: ${(e as Error).message}` } };
+    return { event: unreachable(`${device} agent`, e) };
   }
+}
+
+/**
+ * An agent that could not be asked: the op's outcome is unknown and it is asked again. Either it
+ * did not answer, or the peer at its endpoint was refused in the handshake for not being that
+ * node's agent (nothing was sent to it): both hold the step until the real agent answers.
+ */
+function unreachable(who: string, e: unknown): Event {
+  const reason = e instanceof RelayError && e.code === 'PeerIdentityMismatch' ? e.code : 'AgentUnreachable';
+  return { kind: 'unknown', reason, message: `${who}: ${(e as Error).message}` };
 }
 
 /** A member of a DeviceMigrationGroup: how many members there are, and the others as last read. */
@@ -237,7 +248,7 @@ async function observe(c: StepContext): Promise<Outcome> {
     const stopped = !c.precopy || Boolean(c.m.status?.stopCopyAt);
     view = await c.peers.source.migration(name, stopped ? VERDICT_WAIT_MS : 0);
   } catch (e) {
-    return { event: { kind: 'unknown', reason: 'AgentUnreachable', message: `source agent: ${(e as Error).message}` } };
+    return { event: unreachable('source agent', e) };
   }
   const s = view.sessions.find((x) => x.role === 'source' && x.device === c.m.spec.source.device);
   if (!s) return { event: { kind: 'failed', reason: 'NoSession', message: 'the source agent has no session for this migration' } };
@@ -340,7 +351,7 @@ async function peek(client: AgentClient, device: string): Promise<{ migration?: 
   try {
     return await client.device(device);
   } catch (e) {
-    return { event: { kind: 'unknown', reason: 'AgentUnreachable', message: `${client.endpoint}: ${(e as Error).message}` } };
+    return { event: unreachable(`the agent of ${client.node} at ${client.endpoint}`, e) };
   }
 }
 

@@ -19,6 +19,8 @@ import { ReleaseReconciler } from './release.js';
 
 export interface ControllerOptions {
   readonly kube: Kube;
+  /** Where agents run as pods: their pod IPs count as their node's endpoints. */
+  readonly agentPods?: { namespace: string; serviceAccount: string };
   readonly tls: TlsMaterial;
   readonly ticketSecret: Buffer;
   readonly log: Logger;
@@ -48,6 +50,7 @@ export class Controller {
 
   constructor(private readonly o: ControllerOptions) {
     this.reconciler = new Reconciler({ kube: o.kube, tls: o.tls, ticketSecret: o.ticketSecret, log: o.log, metrics: this.metrics,
+      ...(o.agentPods ? { agentPods: o.agentPods } : {}),
       watched: (name) => this.migrations?.get(name) as DeviceMigration | undefined });
     this.queue = this.queueOf('migration', async (name) => {
       this.metrics.reconciles.inc();
@@ -57,7 +60,7 @@ export class Controller {
     this.evacuations = this.queueOf('evacuation', (name) => evacuator.reconcile(name), 1, 500);
     const grouper = new GroupReconciler({ kube: o.kube, log: o.log });
     this.groups = this.queueOf('group', (name) => grouper.reconcile(name), 2, 500);
-    const releaser = new ReleaseReconciler({ kube: o.kube, log: o.log, agent: (n) => this.reconciler.client(n) });
+    const releaser = new ReleaseReconciler({ kube: o.kube, log: o.log, agent: (node, n) => this.reconciler.agentFor(node, n) });
     this.releases = this.queueOf('release', (name) => releaser.reconcile(name), 1, 500);
   }
 

@@ -14,6 +14,7 @@ import type { DeviceMigration, DeviceNode, Kube } from '../kube/kube.js';
 import { isTerminal, next, pastCommit, phaseOf, type Event, type Step, type Transition } from './machine.js';
 import type { Metrics } from './metrics.js';
 import { validate, type ValidationReads } from './validate.js';
+import { endpointReads, foreignEndpoint, type EndpointReads } from './endpoints.js';
 
 export const FINALIZER = 'devmig.io/rollback';
 const POLL_MS = 20;
@@ -24,6 +25,8 @@ const MAX_ARCS = 200;
 
 export interface ReconcilerDeps {
   readonly kube: Kube;
+  /** Where agents run as pods (namespace, ServiceAccount): their pod IPs are endpoints of their node too. */
+  readonly agentPods?: { namespace: string; serviceAccount: string };
   readonly tls: TlsMaterial;
   readonly ticketSecret: Buffer;
   readonly log: Logger;
@@ -35,7 +38,7 @@ export interface ReconcilerDeps {
 
 type Status = DeviceMigrationStatus;
 interface Pass {
-  peers: Peers | undefined;
+  peers?: Peers;
   /** The finalizer being added: awaited before the first agent op. */
   finalizing?: Promise<void>;
   /** Status moved on in memory past steps that need no record of their own; written at the next record. */
@@ -57,6 +60,8 @@ const UNRECORDED: ReadonlySet<string> = new Set(['PrepareTarget>StartSend', 'Sta
 const BEHIND: ReadonlySet<string> = new Set(['Commit>ResumeTarget']);
 /** A pass stops after this many steps and queues the key again, so one object cannot hog a worker. */
 const MAX_STEPS_PER_PASS = 12;
+/** Reasons that say an agent is not who it should be: a Warning each, and its node read afresh. */
+const UNTRUSTED: ReadonlySet<string> = new Set(['PeerIdentityMismatch', 'ForeignEndpoint']);
 
 /** The stages a person follows; each becomes a condition once passed. */
 const STAGES: Array<{ type: string; after: Step; message: string }> = [
@@ -99,7 +104,10 @@ export class Reconciler {
   private readonly clients = new Map<string, AgentClient>();
   /** Per migration, the resourceVersion of the last write of ours: its watch event brings nothing new. */
   private readonly written = new Map<string, string>();
-  constructor(private readonly d: ReconcilerDeps) {}
+  private readonly addresses: EndpointReads;
+  constructor(private readonly d: ReconcilerDeps) {
+    this.addresses = endpointReads(d.kube, d.agentPods);
+  }
 
   private now(): number {
     return (this.d.now ?? Date.now)();
@@ -137,7 +145,7 @@ export class Reconciler {
     // Steps follow one another in one pass while they move forward: the object each status patch
     // returns is as fresh as a new read, and the DeviceNodes are read once. The finalizer goes on
     // while the first step validates; no agent op runs before it is there.
-    const pass: Pass = { peers: undefined, unsaved: false, events: [] };
+    const pass: Pass = { unsaved: false, events: [] };
     if (!deleting && !(m.metadata.finalizers ?? []).includes(FINALIZER)) {
       pass.finalizing = this.d.kube.setFinalizers(name, [...(m.metadata.finalizers ?? []), FINALIZER]).then((rv) => this.wrote(name, rv));
       pass.finalizing.catch(() => undefined);
@@ -236,17 +244,27 @@ export class Reconciler {
 
   private async runStep(m: DeviceMigration, status: Status, step: Step, pass: Pass, group?: GroupContext): Promise<Applied> {
     await pass.finalizing;
-    pass.peers ??= await this.peers(m);
-    const peers = pass.peers;
-    if (!peers) {
-      const t: Transition = { step, blocked: { reason: 'AgentUnknown', message: 'the DeviceNode of the source or target node is missing' } };
-      return this.apply(m, status, step, t, [], pass);
-    }
+    const peers = pass.peers ?? await this.peers(m);
+    if (!('source' in peers)) return this.apply(m, status, step, this.distrust(m, step, peers), [], pass);
+    pass.peers = peers;
     const targetDevice = status.targetDevice ?? m.spec.target.device ?? '';
     const precopy = status.precopy ?? wantsPrecopy(m, peers.sourceNode, peers.targetNode, m.spec.source.device, targetDevice);
     const out = await act(step, { m, peers, ticket: ticketFor(this.d.ticketSecret, m), targetDevice, precopy, now: this.now(), ...(group ? { group } : {}) });
     const s: Status = { ...status, precopy, ...(out.status ?? {}) };
-    return this.apply(m, s, step, next(step, out.event), out.arcs ?? [], pass);
+    const t = next(step, out.event);
+    return this.apply(m, s, step, t.blocked ? this.distrust(m, step, t.blocked, t) : t, out.arcs ?? [], pass);
+  }
+
+  /**
+   * The step held on `why`. An agent that could not be trusted (its endpoint is not its node's, or
+   * the peer there is another agent) is looked up afresh next time: the DeviceNode may have been
+   * fixed meanwhile (an agent that came back republishes its own endpoint).
+   */
+  private distrust(m: DeviceMigration, step: Step, why: { reason: string; message: string }, t: Transition = { step, blocked: why }): Transition {
+    if (UNTRUSTED.has(why.reason)) {
+      for (const n of [m.spec.source.node, m.spec.target.node]) { this.nodes.delete(n); this.endpoints.delete(n); }
+    }
+    return t;
   }
 
   /**
@@ -257,6 +275,7 @@ export class Reconciler {
    * wait for it. Group members record every step, in order: their siblings read them.
    */
   private async apply(m: DeviceMigration, status: Status, from: Step, t: Transition, arcs: ArcRecord[], pass: Pass): Promise<Applied> {
+    const heldOn = status.conditions?.find((c) => c.type === 'Blocked' && c.status === 'True')?.reason;
     const s = this.statusFor(m, status, t, arcs);
     const plain = !m.spec.group && !t.failure && !t.blocked;
     if (plain && (UNRECORDED.has(`${from}>${t.step}`) || (from === 'Streaming' && t.step === 'Commit' && status.commitOnVerify))) {
@@ -268,6 +287,8 @@ export class Reconciler {
       await this.save(m, s, pass);
     }
     this.report(m, from, t, arcs, pass.events, status.phase);
+    // An agent that is not who it should be is told once, as a Warning, when the step is first held on it.
+    if (t.blocked && UNTRUSTED.has(t.blocked.reason) && heldOn !== t.blocked.reason) pass.events.push({ type: 'Warning', ...t.blocked });
     // A move back to pick again (a target refused) waits a moment for its agent's DeviceNode to tell.
     if (t.step !== from) return t.waiting ? { moved: false, requeueAfterMs: 500 } : { moved: true };
     return { moved: false, requeueAfterMs: t.blocked ? 1000 : t.waiting ? BARRIER_POLL_MS : POLL_MS };
@@ -419,18 +440,48 @@ export class Reconciler {
     return node;
   }
 
-  private async peers(m: DeviceMigration): Promise<Peers | undefined> {
-    const [sourceNode, targetNode] = await Promise.all([this.deviceNode(m.spec.source.node), this.deviceNode(m.spec.target.node)]);
-    if (!sourceNode || !targetNode) return undefined;
-    return { source: this.client(sourceNode), target: this.client(targetNode), sourceNode, targetNode };
+  /** Endpoints found to be their node's, and when (checked again after NODE_CACHE_MS). */
+  private readonly endpoints = new Map<string, { endpoint: string; at: number }>();
+
+  /** The two agents, each pinned to its node's identity; or why they cannot be asked. */
+  private async peers(m: DeviceMigration): Promise<Peers | { reason: string; message: string }> {
+    const { source, target } = m.spec;
+    const [sourceNode, targetNode] = await Promise.all([this.deviceNode(source.node), this.deviceNode(target.node)]);
+    if (!sourceNode || !targetNode) return { reason: 'AgentUnknown', message: 'the DeviceNode of the source or target node is missing' };
+    const [s, t] = await Promise.all([this.agentFor(source.node, sourceNode), this.agentFor(target.node, targetNode)]);
+    if (!(s instanceof AgentClient)) return s;
+    if (!(t instanceof AgentClient)) return t;
+    return { source: s, target: t, sourceNode, targetNode };
   }
 
-  /** The control API client of a node's agent, kept alive per endpoint (also the DeviceReleases'). */
-  client(n: DeviceNode): AgentClient {
-    let c = this.clients.get(n.spec.endpoint);
+  private async foreign(node: string, endpoint: string): Promise<string | undefined> {
+    const ok = this.endpoints.get(node);
+    if (ok?.endpoint === endpoint && this.now() - ok.at < NODE_CACHE_MS) return undefined;
+    const why = await foreignEndpoint(this.addresses, node, endpoint);
+    if (!why) this.endpoints.set(node, { endpoint, at: this.now() });
+    return why;
+  }
+
+  /**
+   * The client of `node`'s agent, whose DeviceNode `n` is (also the DeviceReleases'), or why its
+   * endpoint is refused (ForeignEndpoint).
+   */
+  async agentFor(node: string, n: DeviceNode): Promise<AgentClient | { reason: string; message: string }> {
+    const why = await this.foreign(node, n.spec.endpoint);
+    return why ? { reason: 'ForeignEndpoint', message: why } : this.client(node, n);
+  }
+
+  /**
+   * A client for the agent of `node` (the node the migration names, whose DeviceNode this is): the
+   * peer at the endpoint must prove that identity. Kept alive per node and endpoint: two nodes that
+   * claim one endpoint never share a client.
+   */
+  private client(node: string, n: DeviceNode): AgentClient {
+    const key = `${node} ${n.spec.endpoint}`;
+    let c = this.clients.get(key);
     if (!c) {
-      c = new AgentClient(n.spec.endpoint, this.d.tls, 10_000);
-      this.clients.set(n.spec.endpoint, c);
+      c = new AgentClient(n.spec.endpoint, this.d.tls, node, 10_000);
+      this.clients.set(key, c);
     }
     return c;
   }

@@ -8,7 +8,8 @@
  */
 import type { Logger } from 'pino';
 import type { Condition, DeviceReleaseStatus, Occupancy } from '../api/types.js';
-import { AgentCallError, type AgentClient } from '../agentapi/client.js';
+import { AgentCallError, AgentClient } from '../agentapi/client.js';
+import { RelayError } from '../relay/errors.js';
 import type { DeviceNode, DeviceRelease, Kube } from '../kube/kube.js';
 import { describeOccupancy } from '../api/occupancy.js';
 import { stamped } from './conditions.js';
@@ -17,8 +18,8 @@ import { agentReady } from './validate.js';
 export interface ReleaseDeps {
   readonly kube: Kube;
   readonly log: Logger;
-  /** The control API client of a node's agent. */
-  readonly agent: (n: DeviceNode) => AgentClient;
+  /** The control API client of `node`'s agent (pinned to its identity), or why its endpoint is refused. */
+  readonly agent: (node: string, n: DeviceNode) => Promise<AgentClient | { reason: string; message: string }>;
   readonly now?: () => number;
 }
 
@@ -60,11 +61,15 @@ export class ReleaseReconciler {
       await this.write(r, { phase: 'Releasing', releasedBy: by, ...(listed.occupancy ? { previous: listed.occupancy } : {}) },
         [{ type: 'Ready', status: 'False', reason: 'Releasing', message: `asking the agent of ${node} to reset ${device}` }]);
     }
+    const agent = await this.d.agent(node, dn);
+    if (!(agent instanceof AgentClient)) return this.wait(r, agent.reason, agent.message);
     let answer: { previous?: Occupancy };
     try {
-      answer = await this.d.agent(dn).free(device, { op: `free-${r.metadata.uid ?? name}`.slice(0, 63).replace(/-+$/, ''), release: name, requestedBy: by });
+      answer = await agent.free(device, { op: `free-${r.metadata.uid ?? name}`.slice(0, 63).replace(/-+$/, ''), release: name, requestedBy: by });
     } catch (e) {
       if (e instanceof AgentCallError && WAIT.has(e.code)) return this.wait(r, e.code, e.message);
+      // Refused in the handshake (not node's agent): nothing was sent; asked again once the endpoint is right.
+      if (e instanceof RelayError && e.code === 'PeerIdentityMismatch') return this.wait(r, e.code, e.message);
       if (e instanceof AgentCallError && e.status >= 400 && e.status < 500) return this.fail(r, e.code, e.message);
       return this.wait(r, 'AgentUnreachable', `the agent of ${node}: ${(e as Error).message}`);
     }

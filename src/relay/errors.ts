@@ -7,6 +7,8 @@ export type RelayCode =
   | 'PeerRefused'
   | 'StreamMismatch'
   | 'StreamAborted'
+  /** The peer's certificate does not name the agent of the node we meant (DESIGN.md, Trust). */
+  | 'PeerIdentityMismatch'
   | 'DeviceReadFailed'
   | 'DeviceWriteFailed'
   | 'DigestUnavailable'

@@ -18,6 +18,8 @@ const DEFAULT_STALL_MS = 30_000;
 export interface SendOptions {
   /** The target agent, e.g. https://127.0.0.2:9443 */
   readonly endpoint: string;
+  /** The target's node: the certificate at `endpoint` must name its agent. */
+  readonly node: string;
   readonly tls: TlsMaterial;
   readonly migration: string;
   /** The device on the target that receives. */
@@ -61,7 +63,7 @@ export class SendFailure extends RelayError {
  * the source agent connects before the device stops, so the handshake is no part of the downtime.
  */
 export async function sendStream(save: SaveStream, opts: SendOptions, link?: ClientHttp2Session): Promise<SendResult> {
-  const session = link ?? await connectTarget(opts.endpoint, opts.tls, opts.signal);
+  const session = link ?? await connectTarget(opts.endpoint, opts.node, opts.tls, opts.signal);
   const state = { bytes: 0, allSent: false };
   let response: Promise<TargetVerdict> | undefined;
   try {
@@ -241,18 +243,23 @@ async function readResponse(req: ClientHttp2Stream): Promise<TargetVerdict> {
   throw new RelayError(code, `the target refused the stream (${status}): ${why}`, status);
 }
 
-/** An HTTP/2 session to the target agent, connected (TLS done), with the bulk window. */
-export async function connectTarget(endpoint: string, tls: TlsMaterial, signal: AbortSignal): Promise<ClientHttp2Session> {
-  const session = connect(endpoint, clientOptions(tls));
+/**
+ * An HTTP/2 session to the agent of `node`, connected (TLS done, its identity checked), with the
+ * bulk window. A peer that is not that agent is refused before anything is sent (PeerIdentityMismatch).
+ */
+export async function connectTarget(endpoint: string, node: string, tls: TlsMaterial, signal: AbortSignal): Promise<ClientHttp2Session> {
+  const options = clientOptions(tls, node);
+  const session = connect(endpoint, options);
   session.on('error', () => undefined); // surfaced through the request that fails
   try {
     await once(session, 'connect', { signal });
   } catch (e) {
     session.destroy();
+    if (e instanceof RelayError) throw e;
     const why = signal.aborted ? `no connection (${String(signal.reason)})` : (e as Error).message;
     throw new RelayError('PeerUnreachable', `cannot reach the target agent at ${endpoint}: ${why}`);
   }
-  session.setLocalWindowSize(clientOptions(tls).settings?.initialWindowSize ?? 65535);
+  session.setLocalWindowSize(options.settings?.initialWindowSize ?? 65535);
   return session;
 }
 

@@ -58,8 +58,8 @@ export async function startAgent(config: AgentConfig): Promise<Agent> {
   return Agent.start(config, { log: quietLog, devmigBin });
 }
 
-export function controllerClient(agent: { endpoint: string }, pki: Pki): AgentClient {
-  return new AgentClient(agent.endpoint, pki.controller, 10_000);
+export function controllerClient(agent: { endpoint: string; ctx: { config: { node: string } } }, pki: Pki): AgentClient {
+  return new AgentClient(agent.endpoint, pki.controller, agent.ctx.config.node, 10_000);
 }
 
 export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000, everyMs = 25): Promise<T> {

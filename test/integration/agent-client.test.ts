@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { AgentClient } from '../../src/agentapi/client.js';
+import { RelayError } from '../../src/relay/errors.js';
 import { serverOptions } from '../../src/relay/h2.js';
 import { makePki, type Pki } from '../helpers/agents.js';
 
@@ -18,6 +19,7 @@ let pki: Pki;
 let server: Http2SecureServer;
 let endpoint: string;
 let behave: 'reset' | 'die' | 'silent' = 'reset';
+let streams = 0;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'devmig-client-'));
@@ -27,6 +29,7 @@ beforeAll(async () => {
   server.on('secureConnection', (s: TLSSocket) => { sockets.add(s); s.on('error', () => undefined); });
   server.on('session', (s) => s.on('error', () => undefined));
   server.on('stream', (stream) => {
+    streams++;
     stream.on('error', () => undefined);
     if (behave === 'reset') stream.close(constants.NGHTTP2_NO_ERROR); // ends the stream, no error, no answer
     else if (behave === 'die') for (const s of sockets) s.destroy(); // what a SIGKILLed agent's kernel does
@@ -43,7 +46,7 @@ afterAll(async () => {
 
 it.each(['reset', 'die'] as const)('a stream that ends without an answer (%s) fails the call at once', async (how) => {
   behave = how;
-  const c = new AgentClient(endpoint, pki.controller, 20_000);
+  const c = new AgentClient(endpoint, pki.controller, 'node-a', 20_000);
   const started = Date.now();
   await expect(c.devices()).rejects.toThrow(/closed without an answer|socket|ECONNRESET|GOAWAY|session/i);
   expect(Date.now() - started).toBeLessThan(5000);
@@ -52,7 +55,24 @@ it.each(['reset', 'die'] as const)('a stream that ends without an answer (%s) fa
 
 it('an agent that never answers fails the call after its timeout', async () => {
   behave = 'silent';
-  const c = new AgentClient(endpoint, pki.controller, 500);
+  const c = new AgentClient(endpoint, pki.controller, 'node-a', 500);
   await expect(c.devices()).rejects.toThrow(/no answer in 500 ms/);
   c.close();
+});
+
+it('a client of one node\'s agent refuses a peer whose certificate names another, before any request', async () => {
+  const before = streams;
+  const c = new AgentClient(endpoint, pki.controller, 'node-b', 5000);
+  const e = await c.devices().then(() => undefined, (err: unknown) => err);
+  expect(e).toBeInstanceOf(RelayError);
+  expect(e).toMatchObject({ code: 'PeerIdentityMismatch' });
+  expect((e as Error).message).toMatch(/certificate for "agent:node-a", not "agent:node-b"/);
+  expect(streams).toBe(before);
+  c.close();
+  // The same peer, meant as the node it is, answers.
+  behave = 'silent';
+  const right = new AgentClient(endpoint, pki.controller, 'node-a', 500);
+  await expect(right.devices()).rejects.toThrow(/no answer in 500 ms/);
+  expect(streams).toBe(before + 1);
+  right.close();
 });

@@ -52,7 +52,7 @@ async function material(as: As) {
 }
 
 async function send(as: As, method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
-  const s = connect(agent.endpoint, clientOptions(await material(as) as Parameters<typeof clientOptions>[0]));
+  const s = connect(agent.endpoint, clientOptions(await material(as) as Parameters<typeof clientOptions>[0], 'node-a'));
   s.on('error', () => undefined);
   try {
     const req = s.request({ ':method': method, ':path': path, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers });

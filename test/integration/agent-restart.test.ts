@@ -54,7 +54,7 @@ describe.each([
     const dst = controllerClient(target, pki);
     const simA = cfgA.devices.simulated!.dir;
     const endpoint = `https://127.0.0.2:${port}`;
-    const mk = () => new AgentClient(endpoint, pki.controller, 5000);
+    const mk = () => new AgentClient(endpoint, pki.controller, 'node-a', 5000);
     let agentA = spawnAgent(join(run, 'node-a', 'agent.json'));
     let src = await endpointOf(agentA, '127.0.0.2', port, mk);
     try {

@@ -360,7 +360,7 @@ describe('agent: a migration through the control API', () => {
 
 describe('agent: bad input changes nothing', () => {
   async function raw(path: string, body: string | Buffer, headers: Record<string, string> = {}) {
-    const s = connect(source.endpoint, clientOptions(pki.controller));
+    const s = connect(source.endpoint, clientOptions(pki.controller, 'node-a'));
     s.on('error', () => undefined);
     const req = s.request({ ':method': 'POST', ':path': path, 'content-type': 'application/json', ...headers });
     req.end(body);
@@ -420,18 +420,19 @@ describe('agent: authentication and tickets', () => {
     const rogue = await call(pki.rogue);
     expect(rogue.status).toBe(401);
     const agentB = await pki.agent('node-b');
-    const asAgent = new (await import('../../src/agentapi/client.js')).AgentClient(source.endpoint, agentB);
+    const asAgent = new (await import('../../src/agentapi/client.js')).AgentClient(source.endpoint, agentB, 'node-a');
     await expect(asAgent.setState('sim-0', { migration: 'm', op: 'a', state: 'STOP' })).rejects.toMatchObject({ status: 403 });
     asAgent.close();
     expect((await src.device('sim-0')).state).toBe('RUNNING');
     expect((await call({ ca: pki.controller.ca }, '/healthz')).status).toBe(200);
   });
 
-  async function stream(as: Pki['controller'], migration: string, device: string, ticket: string, data: Buffer, trailers?: Record<string, string>) {
-    const s = connect(target.endpoint, clientOptions(as));
+  async function stream(as: Pki['controller'], migration: string, device: string, ticket: string, data: Buffer, trailers?: Record<string, string>,
+    headers: Record<string, string> = {}) {
+    const s = connect(target.endpoint, clientOptions(as, 'node-b'));
     s.on('error', () => undefined);
     const req = s.request({ ':method': 'PUT', ':path': `/v1/migrations/${migration}/stream`, 'devmig-ticket': ticket, 'devmig-device': device,
-      'content-type': 'application/octet-stream' }, { waitForTrailers: true });
+      'content-type': 'application/octet-stream', ...headers }, { waitForTrailers: true });
     req.on('error', () => undefined);
     req.once('wantTrailers', () => req.sendTrailers(trailers ?? {}));
     req.end(data);

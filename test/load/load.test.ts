@@ -72,7 +72,7 @@ async function getText(url: string, tls: SecureClientSessionOptions, path: strin
 async function sampleSessions(peak: Map<string, { active: number; max: number }>, material: Parameters<typeof clientOptions>[0]): Promise<void> {
   await Promise.all(env.agents.map(async (a) => {
     try {
-      const { sessions } = JSON.parse(await getText(a.endpoint, clientOptions(material), '/v1/devices')) as { sessions: { active: number; max: number } };
+      const { sessions } = JSON.parse(await getText(a.endpoint, clientOptions(material, a.node), '/v1/devices')) as { sessions: { active: number; max: number } };
       const was = peak.get(a.node);
       if (!was || sessions.active > was.active) peak.set(a.node, sessions);
     } catch { /* a busy moment: the next sample counts */ }
