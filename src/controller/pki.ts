@@ -10,6 +10,9 @@
  *   that node's name. The controller approves a request only for CN `agent:<that node>` with
  *   addresses that node (or the requesting pod) has, then signs it. A stolen token of one node can
  *   never get a certificate that speaks for another.
+ * - It applies the same rules again when it signs, whoever approved: an approval by anyone else (a
+ *   bulk `kubectl certificate approve`, or one that landed while the controller was down) gets a
+ *   request that breaks them marked Failed, never signed. `controller` is never issued this way.
  */
 import * as k8s from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
@@ -24,7 +27,8 @@ const CA_DAYS = 3650;
 const CONTROLLER_CERT_DAYS = 365;
 /** Agents renew at two thirds of this. */
 export const AGENT_CERT_SECONDS = 7 * 86_400;
-const ALLOWED_USAGES = new Set(['digital signature', 'key encipherment', 'client auth', 'server auth']);
+/** What an agent's ECDSA key does: sign in TLS handshakes, as a client and as a server. */
+const ALLOWED_USAGES = new Set(['digital signature', 'client auth', 'server auth']);
 
 export interface PkiOptions {
   readonly namespace: string;
@@ -112,7 +116,8 @@ export type Verdict = { approve: true; node: string } | { approve: false; reason
 /**
  * Approves and signs agents' CSRs. Polls every 2 s, filtered by signer on the server (a CSR is rare:
  * one per agent per week; client-node's informer takes no field selector), and acts on each
- * request once: approved-and-signed, denied, or failed are all final.
+ * request once: approved-and-signed, denied, or failed are all final. An approval is not a
+ * reason to sign: each request is judged again at signing time, whoever approved it.
  */
 export class CsrSigner {
   private timer: NodeJS.Timeout | undefined;
@@ -145,15 +150,30 @@ export class CsrSigner {
       const conds = csr.status?.conditions ?? [];
       if (conds.some((c) => c.type === 'Denied' || c.type === 'Failed') || csr.status?.certificate) continue;
       try {
-        if (!conds.some((c) => c.type === 'Approved')) {
-          const v = await this.judge(csr);
-          await this.decide(csr, v);
-          if (!v.approve) continue;
-        }
-        await this.sign(csr);
+        await this.settle(csr);
       } catch (e) {
         this.log.warn({ csr: name, err: (e as Error).message }, 'could not settle a certificate request; trying again');
       }
+    }
+  }
+
+  /**
+   * One pending request: approved (by us, or by anyone who may approve for our signer) and within
+   * the rules, it is signed; approved against them, it is marked Failed; not yet approved, we
+   * approve or deny it. (A CSR's spec cannot change: what was judged is what is signed.)
+   */
+  private async settle(csr: k8s.V1CertificateSigningRequest): Promise<void> {
+    const name = csr.metadata!.name!;
+    const conds = csr.status?.conditions ?? [];
+    const v = await this.judge(csr);
+    if (!conds.some((c) => c.type === 'Approved')) {
+      await this.decide(csr, v);
+      if (!v.approve) return;
+      await this.sign(await this.certs.readCertificateSigningRequest({ name }));
+    } else if (v.approve) {
+      await this.sign(csr);
+    } else {
+      await this.refuse(csr, v);
     }
   }
 
@@ -172,6 +192,9 @@ export class CsrSigner {
       req = await readCsr(Buffer.from(csr.spec.request, 'base64').toString('utf8'));
     } catch (e) {
       return deny('BadRequest', (e as Error).message);
+    }
+    if (req.commonName === 'controller') {
+      return deny('WrongIdentity', `the request is for "${req.subject}": the controller's certificate is never issued through the CSR API; an agent on node ${node} may only ask for "CN=agent:${node}"`);
     }
     if (req.subject !== `CN=agent:${node}`) return deny('WrongIdentity', `the request is for "${req.subject}"; an agent on node ${node} may only ask for "CN=agent:${node}"`);
     const usages = csr.spec.usages ?? [];
@@ -208,14 +231,25 @@ export class CsrSigner {
     else this.log.warn({ csr: name, reason: v.reason, message: v.message }, 'denied a certificate request');
   }
 
+  /** Signs a request judged within the rules. */
   private async sign(csr: k8s.V1CertificateSigningRequest): Promise<void> {
     const name = csr.metadata!.name!;
-    const fresh = await this.certs.readCertificateSigningRequest({ name });
-    const asked = fresh.spec.expirationSeconds ?? AGENT_CERT_SECONDS;
+    const asked = csr.spec.expirationSeconds ?? AGENT_CERT_SECONDS;
     const seconds = Math.min(Math.max(asked, 600), AGENT_CERT_SECONDS);
-    const { certPem } = await signCsr(this.pki.ca, Buffer.from(fresh.spec.request, 'base64').toString('utf8'), seconds / 86_400);
-    await this.certs.replaceCertificateSigningRequestStatus({ name, body: { ...fresh, status: { ...fresh.status, certificate: b64(certPem) } } });
+    const { certPem } = await signCsr(this.pki.ca, Buffer.from(csr.spec.request, 'base64').toString('utf8'), seconds / 86_400);
+    await this.certs.replaceCertificateSigningRequestStatus({ name, body: { ...csr, status: { ...csr.status, certificate: b64(certPem) } } });
     this.log.info({ csr: name }, 'signed an agent certificate');
+  }
+
+  /** An approved request that breaks the rules: Failed, with the reason, and never signed. */
+  private async refuse(csr: k8s.V1CertificateSigningRequest, v: Extract<Verdict, { approve: false }>): Promise<void> {
+    const name = csr.metadata!.name!;
+    const failed: k8s.V1CertificateSigningRequestCondition = {
+      type: 'Failed', status: 'True', reason: v.reason, lastUpdateTime: new Date(),
+      message: `approved, but not signed: ${v.message}. The signer ${this.o.signerName} applies its rules whoever approves`,
+    };
+    await this.certs.replaceCertificateSigningRequestStatus({ name, body: { ...csr, status: { ...csr.status, conditions: [...(csr.status?.conditions ?? []), failed] } } });
+    this.log.warn({ csr: name, reason: v.reason, message: v.message }, 'refused to sign an approved certificate request');
   }
 }
 
