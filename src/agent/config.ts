@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { parseQuantity } from '../api/quantity.js';
+import { parseDuration, parseQuantity } from '../api/quantity.js';
 import { DEFAULT_DIGEST, DIGEST_ALGORITHMS, unavailable } from '../relay/digest.js';
 import { FLAG_NAMES, MigFlag, type MigFlagName } from '../vfio/uapi.js';
 import { objectName } from '../agentapi/types.js';
@@ -16,6 +16,21 @@ const quantity = z.union([z.string(), z.number()]).transform((v, ctx) => {
     return z.NEVER;
   }
 });
+
+/** A Go duration ("10s", "500ms"), in milliseconds; a positive one. */
+const duration = z.string().transform((v, ctx) => {
+  try {
+    const ms = parseDuration(v);
+    if (ms > 0) return ms;
+    ctx.addIssue({ code: 'custom', message: `"${v}" must be longer than 0` });
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+  }
+  return z.NEVER;
+});
+
+const digestAlgorithm = z.enum(DIGEST_ALGORITHMS)
+  .superRefine((d, ctx) => { const why = unavailable(d); if (why) ctx.addIssue({ code: 'custom', message: why }); });
 
 const simDevice = z.strictObject({
   name: objectName,
@@ -47,8 +62,25 @@ export const agentConfigSchema = z.strictObject({
       }),
     }),
   ]),
-  digest: z.enum(DIGEST_ALGORITHMS).default(DEFAULT_DIGEST)
-    .superRefine((d, ctx) => { const why = unavailable(d); if (why) ctx.addIssue({ code: 'custom', message: why }); }),
+  /** The digest this agent sends its streams with. */
+  digest: digestAlgorithm.default(DEFAULT_DIGEST),
+  /**
+   * The digests a stream to this agent may carry (unset: `digest` alone). The source picks its
+   * digest; the target decides what it trusts: crc32 catches accidents only.
+   */
+  acceptDigests: z.array(digestAlgorithm).min(1).optional(),
+  /**
+   * How long a peer may keep the agent waiting. A TLS handshake; a session that shows no client
+   * certificate (it can reach the health endpoints only, then it is closed); a request body; a data
+   * stream that moves nothing (aborted with StreamStalled, its session freed). streamIdle must exceed
+   * the time a target needs to write one flow-control window (16 MiB) to its device.
+   */
+  timeouts: z.strictObject({
+    handshake: duration.default(10_000),
+    unauthenticated: duration.default(10_000),
+    requestBody: duration.default(10_000),
+    streamIdle: duration.default(30_000),
+  }).prefault({}),
   /**
    * Keep device fds in a separate holder process, so an agent restart does not reset devices: true
    * starts one if none runs; `external` waits for one started beside the agent (a pod's second

@@ -6,7 +6,8 @@ export type AgentErrorCode =
   | 'BadRequest' | 'Unauthenticated' | 'Forbidden' | 'NotFound' | 'MethodNotAllowed' | 'UnsupportedMediaType'
   | 'PayloadTooLarge' | 'Draining' | 'DeviceBusy' | 'OpConflict' | 'ArcFailed' | 'DeviceError' | 'NoSession'
   | 'NotVerified' | 'UseCommit' | 'TicketRefused' | 'TooManySessions' | 'OutcomeUnknown' | 'AlreadyCommitted' | 'StreamMismatch'
-  | 'StreamAborted' | 'DeviceWriteFailed' | 'NotCommitted' | 'TargetRan' | 'DeviceOccupied' | 'DeviceAllocated' | 'PodResourcesUnavailable' | 'Internal';
+  | 'StreamAborted' | 'DeviceWriteFailed' | 'NotCommitted' | 'TargetRan' | 'DeviceOccupied' | 'DeviceAllocated' | 'PodResourcesUnavailable'
+  | 'RequestTimeout' | 'DigestRefused' | 'Internal';
 
 export class AgentError extends Error {
   override readonly name = 'AgentError';

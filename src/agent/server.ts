@@ -79,8 +79,12 @@ const routes: Route[] = [
 ];
 
 export function createAgentServer(ctx: AgentContext): Http2SecureServer {
-  const server = createSecureServer(serverOptions(ctx.tls));
-  server.on('session', (session) => session.setLocalWindowSize(serverOptions(ctx.tls).settings?.initialWindowSize ?? 65535));
+  const { timeouts } = ctx.config;
+  const options = serverOptions(ctx.tls);
+  // A peer that never finishes the TLS handshake, or speaks no HTTP/2 after it, is cut off too.
+  const server = createSecureServer({ ...options, handshakeTimeout: timeouts.handshake, unknownProtocolTimeout: timeouts.unauthenticated });
+  server.on('secureConnection', (socket: TLSSocket) => limitUnauthenticated(socket, timeouts.unauthenticated));
+  server.on('session', (session) => session.setLocalWindowSize(options.settings?.initialWindowSize ?? 65535));
   server.on('stream', (stream, headers) => {
     const trailers = captureTrailers(stream);
     handle(ctx, stream, headers, trailers).catch((e: unknown) => {
@@ -101,12 +105,25 @@ async function handle(ctx: AgentContext, stream: ServerHttp2Stream, headers: Inc
     if (ctx.draining && method !== 'GET' && route.who !== 'none') {
       throw new AgentError(503, 'Draining', `the agent of node ${ctx.config.node} is shutting down; retry against its replacement`);
     }
-    const body = route.raw ? undefined : await readJson(stream, headers, method);
+    const body = route.raw ? undefined : await readJson(stream, headers, method, ctx.config.timeouts.requestBody);
     const reply = await route.handle(ctx, { id, params, body, headers, stream, trailers });
     respond(stream, reply);
   } catch (e) {
     respond(stream, errorReply(e));
   }
+}
+
+/**
+ * A connection that shows no certificate of our CA may reach only the health endpoints (every other
+ * route answers 401), and only for `ms`: then it is closed, whatever it is doing, HTTP/2 or not.
+ * Peers that never authenticate cannot hold connections open (a TLS handshake itself is bounded by
+ * handshakeTimeout).
+ */
+function limitUnauthenticated(socket: TLSSocket, ms: number): void {
+  if (socket.authorized) return;
+  const timer = setTimeout(() => socket.destroy(), ms);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
 }
 
 /** The long poll's `?wait=<ms>`: a whole number of milliseconds up to MAX_WAIT_MS; no other query. */
@@ -158,15 +175,18 @@ function authorize(who: Who, stream: ServerHttp2Stream): Identity | undefined {
   return id;
 }
 
-async function readJson(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: string): Promise<unknown> {
+/** JSON, in UTF-8 (RFC 8259): `application/json`, with at most a charset that says so. */
+const JSON_TYPE = /^application\/json[ \t]*(;[ \t]*charset[ \t]*=[ \t]*("utf-8"|utf-8)[ \t]*)?$/i;
+
+async function readJson(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: string, deadlineMs: number): Promise<unknown> {
   if (method === 'GET') return undefined;
   const type = String(headers['content-type'] ?? '');
-  if (!/^application\/json\b/.test(type)) {
-    throw new AgentError(415, 'UnsupportedMediaType', `content-type must be application/json, not "${type || 'none'}"`);
+  if (!JSON_TYPE.test(type)) {
+    throw new AgentError(415, 'UnsupportedMediaType', `content-type must be application/json (optionally with "; charset=utf-8"), not "${type || 'none'}"`);
   }
   const declared = Number(headers['content-length'] ?? 0);
   if (declared > MAX_BODY) throw new AgentError(413, 'PayloadTooLarge', `request body of ${declared} bytes exceeds ${MAX_BODY}`);
-  const chunks = await readLimited(stream, MAX_BODY);
+  const chunks = await readLimited(stream, MAX_BODY, deadlineMs);
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
   } catch (e) {
@@ -175,23 +195,30 @@ async function readJson(stream: ServerHttp2Stream, headers: IncomingHttpHeaders,
 }
 
 /**
- * Reads a body of at most `limit` bytes. Not with for-await: leaving that loop early destroys the
- * stream, and the 413 could then never be sent.
+ * Reads a body of at most `limit` bytes, all of it within `deadlineMs`: a body that stops mid-way
+ * gets a 408 and its stream is closed. Not with for-await: leaving that loop early destroys the
+ * stream, and the 413 or 408 could then never be sent.
  */
-function readLimited(stream: ServerHttp2Stream, limit: number): Promise<Buffer[]> {
+function readLimited(stream: ServerHttp2Stream, limit: number, deadlineMs: number): Promise<Buffer[]> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const refuse = (e: Error) => {
+      clearTimeout(timer);
+      stream.off('data', onData);
+      stream.pause();
+      reject(e);
+    };
     const onData = (c: Buffer) => {
       size += c.length;
       if (size <= limit) return void chunks.push(c);
-      stream.off('data', onData);
-      stream.pause();
-      reject(new AgentError(413, 'PayloadTooLarge', `request body exceeds ${limit} bytes`));
+      refuse(new AgentError(413, 'PayloadTooLarge', `request body exceeds ${limit} bytes`));
     };
+    const timer = setTimeout(() => refuse(new AgentError(408, 'RequestTimeout',
+      `the request body did not arrive in ${deadlineMs} ms (${size} bytes came); send it whole (timeouts.requestBody)`)), deadlineMs);
     stream.on('data', onData);
-    stream.once('end', () => resolve(chunks));
-    stream.once('error', reject);
+    stream.once('end', () => { clearTimeout(timer); resolve(chunks); });
+    stream.once('error', (e) => { clearTimeout(timer); reject(e); });
   });
 }
 

@@ -78,7 +78,7 @@ async function run(ctx: AgentContext, s: SendSession, save: SaveStream, req: Sen
   try {
     const result = await sendStream(save, {
       endpoint: req.target.endpoint, node: req.target.node, tls: ctx.tls, migration: s.migration, device: req.target.device, ticket: req.ticket,
-      algorithm: ctx.config.digest, signal: s.abort.signal, ...(req.bandwidth ? { bandwidth: req.bandwidth } : {}),
+      algorithm: ctx.config.digest, signal: s.abort.signal, stallMs: ctx.config.timeouts.streamIdle, ...(req.bandwidth ? { bandwidth: req.bandwidth } : {}),
       onProgress: (b) => { s.bytes = b; },
     }, link);
     s.allSent = true;

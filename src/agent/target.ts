@@ -3,7 +3,7 @@
  * agent holding the ticket, verify it end to end, and only then commit (RESUMING -> STOP).
  */
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import { Wire, algorithmOf } from '../relay/digest.js';
+import { Wire, algorithmOf, type DigestAlgorithm } from '../relay/digest.js';
 import { RelayError } from '../relay/errors.js';
 import { receiveStream } from '../relay/receiver.js';
 import type { ResumeStream } from '../vfio/device.js';
@@ -45,7 +45,7 @@ const STREAMING_NOTE_MS = 200;
 export async function acceptStream(ctx: AgentContext, who: Identity, migration: string, headers: IncomingHttpHeaders,
   stream: ServerHttp2Stream, trailers: () => IncomingHttpHeaders | undefined): Promise<Reply> {
   const session = admit(ctx, who, migration, headers);
-  const algorithm = algorithmOf(`${String(headers[Wire.algorithm] ?? ctx.config.digest)}:`) ?? ctx.config.digest;
+  const algorithm = acceptedDigest(ctx, headers);
   session.ticketUsed = true;
   session.phase = 'Streaming';
   // receive:streaming is what a person reads; a restart treats a stream it lost the same at
@@ -56,7 +56,7 @@ export async function acceptStream(ctx: AgentContext, who: Identity, migration: 
   const streaming = setTimeout(() => note(ctx, session.device, 'receive:streaming'), STREAMING_NOTE_MS);
   try {
     const got = await receiveStream(stream, session.resume, {
-      algorithm, signal: session.abort.signal, trailers, onProgress: (b) => { session.bytes = b; },
+      algorithm, signal: session.abort.signal, trailers, idleMs: ctx.config.timeouts.streamIdle, onProgress: (b) => { session.bytes = b; },
     }).finally(() => clearTimeout(streaming));
     session.digest = got.digest;
     finish(session, 'Verified');
@@ -86,6 +86,20 @@ function commitOnVerify(ctx: AgentContext, s: ReceiveSession, armed: NonNullable
 
 function note(ctx: AgentContext, device: string, step: string): void {
   ctx.journal.step(device, { step }).catch((e: unknown) => ctx.log.warn({ device, step, err: (e as Error).message }, 'could not journal a step'));
+}
+
+/**
+ * The digest the stream carries (unnamed: this agent's own), if this agent accepts it (acceptDigests,
+ * by default its own `digest`): the target decides what it trusts, not the source. Refused before
+ * any byte is read; the ticket is not spent, so a source with the right digest may still send.
+ */
+function acceptedDigest(ctx: AgentContext, headers: IncomingHttpHeaders): DigestAlgorithm {
+  const accepted = ctx.config.acceptDigests ?? [ctx.config.digest];
+  const named = String(headers[Wire.algorithm] ?? ctx.config.digest);
+  const algorithm = algorithmOf(`${named}:`);
+  if (algorithm && accepted.includes(algorithm)) return algorithm;
+  throw new AgentError(422, 'DigestRefused', `the stream's digest "${named}" is not one node ${ctx.config.node} accepts (${accepted.join(', ')}); ` +
+    `set the source agent's digest to one of them, or add it to this agent's acceptDigests`);
 }
 
 function admit(ctx: AgentContext, who: Identity, migration: string, headers: IncomingHttpHeaders): ReceiveSession & { resume: ResumeStream } {

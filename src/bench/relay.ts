@@ -316,7 +316,7 @@ async function h2Sink(pki: string, kind: 'h2' | 'relay', digest: DigestAlgorithm
       return;
     }
     const drop: ResumeStream = { kind: 'resume', write: () => Promise.resolve(), close: () => Promise.resolve() };
-    receiveStream(stream, drop, { algorithm: digest, signal: new AbortController().signal, trailers: captureTrailers(stream) }).then(
+    receiveStream(stream, drop, { algorithm: digest, signal: new AbortController().signal, trailers: captureTrailers(stream), idleMs: 60_000 }).then(
       (got) => finish(200, { verified: true, ...got }),
       (e: unknown) => finish(422, { verified: false, error: 'StreamMismatch', message: (e as Error).message }));
   });

@@ -7,6 +7,10 @@ export type RelayCode =
   | 'PeerRefused'
   | 'StreamMismatch'
   | 'StreamAborted'
+  /** A stream that moved nothing for the configured idle time (timeouts.streamIdle). */
+  | 'StreamStalled'
+  /** The target accepts only the digests its config allows (acceptDigests). */
+  | 'DigestRefused'
   /** The peer's certificate does not name the agent of the node we meant (DESIGN.md, Trust). */
   | 'PeerIdentityMismatch'
   | 'DeviceReadFailed'

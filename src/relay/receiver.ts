@@ -23,21 +23,27 @@ export function captureTrailers(stream: ServerHttp2Stream): () => IncomingHttpHe
   return () => trailers;
 }
 
-export async function receiveStream(
-  stream: ServerHttp2Stream,
-  resume: ResumeStream,
-  opts: { algorithm: DigestAlgorithm; signal: AbortSignal; trailers: () => IncomingHttpHeaders | undefined; onProgress?: (bytes: number) => void },
-): Promise<Received> {
+export interface ReceiveOptions {
+  readonly algorithm: DigestAlgorithm;
+  readonly signal: AbortSignal;
+  readonly trailers: () => IncomingHttpHeaders | undefined;
+  /** A source that sends nothing for this long, while we wait for it, fails the stream: StreamStalled. */
+  readonly idleMs: number;
+  onProgress?(bytes: number): void;
+}
+
+export async function receiveStream(stream: ServerHttp2Stream, resume: ResumeStream, opts: ReceiveOptions): Promise<Received> {
   const digest = createStreamDigest(opts.algorithm);
   const got = { bytes: 0 };
   let written = 0;
   try {
-    await consume(stream, opts.signal, got, (b) => digest.update(b), async (b) => {
+    await consume(stream, opts, got, (b) => digest.update(b), async (b) => {
       await resume.write(b);
       written += b.length;
       opts.onProgress?.(written);
     });
   } catch (e) {
+    if (e instanceof RelayError) throw e;
     if (e instanceof DeviceError) throw new RelayError('DeviceWriteFailed', `writing the target data_fd failed: ${e.message} (${e.errno})`);
     if (opts.signal.aborted) throw new RelayError('Cancelled', `the receive was cancelled: ${String(opts.signal.reason)}`);
     throw new RelayError('StreamAborted', `the stream from the source broke after ${got.bytes} bytes: ${(e as Error).message}`);
@@ -73,10 +79,12 @@ const BUFFERS = 4;
  * on the target before, 25-35 after). With every buffer full the stream pauses, and a slow device
  * stops the source through flow control. `got` counts what arrived; `onBatch` sees each batch, in
  * order, before it is written. (Not for-await: leaving it early destroys the stream, and the answer
- * saying why could no longer be sent.)
+ * saying why could no longer be sent.) The idle clock runs only while we wait for the source: not
+ * while the stream is paused for our own device's writes, nor once it ended.
  */
-function consume(stream: ServerHttp2Stream, signal: AbortSignal, got: { bytes: number }, onBatch: (b: Buffer) => void,
+function consume(stream: ServerHttp2Stream, opts: Pick<ReceiveOptions, 'signal' | 'idleMs'>, got: { bytes: number }, onBatch: (b: Buffer) => void,
   write: (b: Buffer) => Promise<void>): Promise<void> {
+  const { signal, idleMs } = opts;
   return new Promise((resolve, reject) => {
     const free: Buffer[] = Array.from({ length: BUFFERS }, () => Buffer.allocUnsafe(BATCH));
     const full: Array<{ whole: Buffer; n: number }> = [];
@@ -87,9 +95,16 @@ function consume(stream: ServerHttp2Stream, signal: AbortSignal, got: { bytes: n
     let writing = false;
     let ended = false;
     let failed = false;
+    let idle: NodeJS.Timeout | undefined;
+    const waitForSource = (waiting: boolean) => {
+      clearTimeout(idle);
+      idle = waiting && !failed ? setTimeout(() => stop(new RelayError('StreamStalled',
+        `the source sent nothing for ${idleMs} ms after ${got.bytes} bytes (stalled, or the connection is half-open); the stream is aborted (timeouts.streamIdle)`)), idleMs) : undefined;
+    };
     const stop = (e: unknown) => {
       if (failed) return;
       failed = true;
+      clearTimeout(idle);
       stream.off('data', onData);
       stream.pause();
       signal.removeEventListener('abort', onAbort);
@@ -134,7 +149,10 @@ function consume(stream: ServerHttp2Stream, signal: AbortSignal, got: { bytes: n
         if (leftover) {
           const rest = take(leftover);
           leftover = rest.length > 0 ? rest : undefined;
-          if (!leftover && !ended) stream.resume();
+          if (!leftover && !ended) {
+            stream.resume();
+            waitForSource(true);
+          }
         }
         pump();
       }, stop);
@@ -146,12 +164,15 @@ function consume(stream: ServerHttp2Stream, signal: AbortSignal, got: { bytes: n
         leftover = rest;
         stream.pause();
       }
+      waitForSource(!leftover);
       pump();
     };
     signal.addEventListener('abort', onAbort, { once: true });
     stream.on('data', onData);
+    waitForSource(true);
     stream.once('end', () => {
       ended = true;
+      waitForSource(false);
       pump();
     });
     stream.once('aborted', () => stop(new Error('the source reset the stream')));

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { settleWithin } from '../async.js';
 import { DeviceError, type SaveStream } from '../vfio/device.js';
 import { Wire, createStreamDigest, type DigestAlgorithm } from './digest.js';
-import { RelayError } from './errors.js';
+import { RelayError, type RelayCode } from './errors.js';
 import { CHUNK, clientOptions, type TlsMaterial } from './h2.js';
 import { Throttle } from './throttle.js';
 
@@ -28,7 +28,10 @@ export interface SendOptions {
   readonly algorithm: DigestAlgorithm;
   readonly bandwidth?: number;
   readonly signal: AbortSignal;
-  /** A stream the target takes nothing from for this long fails (default 30 s). */
+  /**
+   * A stream that moves nothing for this long fails with StreamStalled (default 30 s): the target
+   * takes nothing, or gives no verdict this long after the last byte left.
+   */
   readonly stallMs?: number;
   /** How long to wait after PRE_COPY's ENOMSG before reading again. */
   readonly precopyPollMs?: number;
@@ -79,7 +82,7 @@ export async function sendStream(save: SaveStream, opts: SendOptions, link?: Cli
     response.catch(() => undefined); // observed below; a failed write must not leave it unhandled
     const digest = await pump(save, req, opts, state);
     state.allSent = true;
-    const target = await response;
+    const target = await verdictWithin(response, req, opts);
     return { bytes: state.bytes, digest, target };
   } catch (e) {
     // A target that refuses the stream half-way (its device rejected the data) answers why and
@@ -132,14 +135,18 @@ async function pump(save: SaveStream, req: ClientHttp2Stream, opts: SendOptions,
       next.catch(() => undefined); // awaited on the next turn; a failure there is reported then
       const chunk = buf.subarray(0, n);
       digest.update(chunk);
-      state.bytes += n;
-      await throttle.take(n, opts.signal);
-      // The link may have died while we read or waited for the bandwidth budget: a closed stream
-      // emits its 'close' once, before anyone listens for it here.
-      if (req.closed || req.destroyed) throw closedEarly(req);
-      // The buffer goes back to the pool once HTTP/2 has taken it.
-      if (!req.write(chunk, () => pool.give(buf))) await drained(req, opts);
-      opts.onProgress?.(state.bytes);
+      for (let at = 0; at < n; at += throttle.slice) {
+        const piece = chunk.subarray(at, at + throttle.slice);
+        await throttle.take(piece.length, opts.signal);
+        // The link may have died while we read or waited for the bandwidth budget: a closed stream
+        // emits its 'close' once, before anyone listens for it here.
+        if (req.closed || req.destroyed) throw closedEarly(req);
+        // The buffer goes back to the pool once HTTP/2 has taken its last piece.
+        const last = at + piece.length >= n;
+        if (!req.write(piece, last ? () => pool.give(buf) : undefined)) await drained(req, opts);
+        state.bytes += piece.length;
+        opts.onProgress?.(state.bytes);
+      }
     }
     const value = digest.value();
     req.once('wantTrailers', () => req.sendTrailers({ [Wire.bytes]: String(state.bytes), [Wire.digest]: value }));
@@ -202,10 +209,24 @@ function drained(req: ClientHttp2Stream, opts: SendOptions): Promise<void> {
     const onClose = () => done(closedEarly(req));
     const onError = (e: Error) => done(e);
     const onAbort = () => done(opts.signal.reason instanceof Error ? opts.signal.reason : new Error(String(opts.signal.reason)));
-    const timer = setTimeout(() => done(new RelayError('StreamAborted', `the target took nothing for ${stallMs} ms (stalled, or the connection is half-open)`)), stallMs);
+    const timer = setTimeout(() => done(new RelayError('StreamStalled', `the target took nothing for ${stallMs} ms (stalled, or the connection is half-open)`)), stallMs);
     req.once('drain', onDrain).once('close', onClose).once('error', onError);
     opts.signal.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/**
+ * The target's verdict, which comes once it has written what it holds to its device (at most a
+ * window and its write buffers). One that does not come within `stallMs` of the last byte is a
+ * stall: the stream is cancelled, and its outcome is the controller's to settle (every byte left).
+ */
+async function verdictWithin(response: Promise<TargetVerdict>, req: ClientHttp2Stream, opts: SendOptions): Promise<TargetVerdict> {
+  const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
+  const answer = await settleWithin(response, stallMs);
+  if (answer?.status === 'fulfilled') return answer.value;
+  if (answer?.status === 'rejected') throw answer.reason;
+  req.close(constants.NGHTTP2_CANCEL);
+  throw new RelayError('StreamStalled', `the target gave no verdict within ${stallMs} ms of the last byte (stalled, or the connection is half-open)`);
 }
 
 function closedEarly(req: ClientHttp2Stream): RelayError {
@@ -238,10 +259,14 @@ async function readResponse(req: ClientHttp2Stream): Promise<TargetVerdict> {
     throw new RelayError('PeerRefused', `the target answered ${status} with a body that is not JSON: ${text.slice(0, 200)}`, status);
   }
   if (status === 200 && body.verified) return body as unknown as TargetVerdict;
-  const code = status === 422 ? 'StreamMismatch' : 'PeerRefused';
+  const said = typeof body.error === 'object' ? body.error.code : body.error;
+  const code = PASSED_ON.has(said ?? '') ? said as RelayCode : status === 422 ? 'StreamMismatch' : 'PeerRefused';
   const why = typeof body.error === 'object' ? `${body.error.code ?? ''}: ${body.error.message ?? ''}` : body.message ?? body.error ?? text;
   throw new RelayError(code, `the target refused the stream (${status}): ${why}`, status);
 }
+
+/** Refusals of the target's that keep their own code: the controller records them as the reason. */
+const PASSED_ON: ReadonlySet<string> = new Set<RelayCode>(['StreamMismatch', 'StreamStalled', 'DigestRefused']);
 
 /**
  * An HTTP/2 session to the agent of `node`, connected (TLS done, its identity checked), with the

@@ -9,6 +9,14 @@ export class Throttle {
     this.start = now();
   }
 
+  /**
+   * How much to send at a time: a tenth of a second's worth (16 KiB at least), so a slow limit
+   * sends a little often, not a chunk after a long silence that the target would take for a stall.
+   */
+  get slice(): number {
+    return this.bytesPerSecond ? Math.max(16 * 1024, Math.floor(this.bytesPerSecond / 10)) : Number.POSITIVE_INFINITY;
+  }
+
   async take(bytes: number, signal?: AbortSignal): Promise<void> {
     this.sent += bytes;
     if (!this.bytesPerSecond) return;

@@ -495,6 +495,20 @@ describe('agent: authentication and tickets', () => {
     }
     await writeFile(join(dir, 'unused'), '');
   });
+
+  it('a stream with a digest the target does not accept is refused before a byte is read; the ticket stays unspent', async () => {
+    const ticket = newTicket();
+    await dst.receive('sim-0', { migration: 'm11', op: 'prepare', ticket, sourceNode: 'node-a' });
+    const a = await pki.agent('node-a');
+    const weak = target.ctx.config.digest === 'crc32' ? 'sha256' : 'crc32';
+    const res = await stream(a, 'm11', 'sim-0', ticket, Buffer.alloc(1000, 1), undefined, { 'devmig-digest-algorithm': weak });
+    expect(res.status).toBe(422);
+    expect(res.body.error).toMatchObject({ code: 'DigestRefused' });
+    expect(String((res.body.error as { message: string }).message)).toMatch(new RegExp(`"${weak}" is not one node node-b accepts \\(${target.ctx.config.digest}\\)`));
+    expect((await dst.migration('m11')).sessions[0]).toMatchObject({ phase: 'Waiting', bytes: 0 });
+    await dst.cancel('m11', { op: 'cancel' });
+    await dst.release('sim-0', { migration: 'm11', op: 'release' });
+  });
 });
 
 describe('AgentCallError', () => {
