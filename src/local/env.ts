@@ -53,6 +53,8 @@ export interface LocalOptions {
   readonly kernel?: GuestKernel;
   /** With `kernel`: the mtty types of each node's devices (default: `devices` mtty-2 each). */
   readonly kernelDeviceTypes?: Record<string, MttyType[]>;
+  /** Agent settings over the defaults (src/agent/config.ts), for every node ("*") or one node by name. */
+  readonly agentConfig?: Record<string, Record<string, unknown>>;
 }
 
 export interface LocalState {
@@ -226,6 +228,7 @@ async function startAgent(dir: string, kube: Kube, id: InstallIdentity, node: st
     kube: { kubeconfig, heartbeatSeconds: 2 },
     ...(o.podResources?.[node] ? { podResources: o.podResources[node] } : {}),
     devices: { spare: o.spare?.[node] ?? ['*'], simulated: { dir: o.simDir, devices: Array.from({ length: o.devices }, (_, i) => ({ name: `sim-${i}`, stateSize: o.stateSize, ...(o.dirtyRate ? { dirtyRate: o.dirtyRate } : {}) })) } },
+    ...o.agentConfig?.['*'], ...o.agentConfig?.[node],
   };
   await writeFile(join(home, 'agent.json'), JSON.stringify(cfg, null, 2));
   const pid = launch(['agent', '--config', join(home, 'agent.json')], await logFile(dir, `agent-${node}`), AGENT_NODE_FLAGS);
