@@ -95,11 +95,18 @@ function consume(stream: ServerHttp2Stream, opts: Pick<ReceiveOptions, 'signal' 
     let writing = false;
     let ended = false;
     let failed = false;
+    /** Runs while we wait for the source; one timer, refreshed by each chunk (not one per chunk). */
     let idle: NodeJS.Timeout | undefined;
+    const stalled = () => stop(new RelayError('StreamStalled',
+      `the source sent nothing for ${idleMs} ms after ${got.bytes} bytes (stalled, or the connection is half-open); the stream is aborted (timeouts.streamIdle)`));
     const waitForSource = (waiting: boolean) => {
+      if (waiting && !failed) {
+        if (idle) idle.refresh();
+        else idle = setTimeout(stalled, idleMs);
+        return;
+      }
       clearTimeout(idle);
-      idle = waiting && !failed ? setTimeout(() => stop(new RelayError('StreamStalled',
-        `the source sent nothing for ${idleMs} ms after ${got.bytes} bytes (stalled, or the connection is half-open); the stream is aborted (timeouts.streamIdle)`)), idleMs) : undefined;
+      idle = undefined;
     };
     const stop = (e: unknown) => {
       if (failed) return;
