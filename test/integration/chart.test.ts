@@ -55,6 +55,8 @@ it('values are checked: a typo, a bad number, or no devices at all is refused, n
   expect(await templateError('--set', 'controler.replicas=2')).toMatch(/additional properties 'controler' not allowed/);
   expect(await templateError('--set', 'controller.replicas=0')).toMatch(/\/controller\/replicas.*minimum/);
   expect(await templateError('--set', 'agent.digest=md5')).toMatch(/\/agent\/digest/);
+  expect(await templateError('--set', 'agent.timeouts.streamIdle=soon')).toMatch(/\/agent\/timeouts\/streamIdle/);
+  expect(await templateError('--set', 'agent.acceptDigests={md5}')).toMatch(/\/agent\/acceptDigests/);
   expect(await templateError('--set', 'controller.evacuationMaxParallelTotal=0')).toMatch(/\/controller\/evacuationMaxParallelTotal.*minimum/);
   expect(await templateError('--set', 'agent.simulated.stateSize=lots')).toMatch(/\/agent\/simulated\/stateSize/);
   expect(await templateError('--set', 'agent.kernel.enabled=false')).toMatch(/set agent.kernel.enabled .* or agent.simulated.enabled/);
@@ -124,6 +126,11 @@ describe('what it renders', () => {
     const simAgent = parseAgentConfig({ ...cfg(sim, 'agent', 'agent.yaml'), node: 'node-1' });
     expect(simAgent.devices.kernel).toBeUndefined();
     expect(simAgent.devices.simulated?.devices.map((d) => d.name)).toEqual(['sim-0', 'sim-1']);
+    // The agents' timeouts and accepted digests come from the values.
+    expect(agent.timeouts).toEqual({ handshake: 10_000, unauthenticated: 10_000, requestBody: 10_000, streamIdle: 30_000 });
+    expect(agent.acceptDigests).toBeUndefined();
+    const tuned = parseAgentConfig({ ...cfg(await template('--set', 'agent.timeouts.streamIdle=2m', '--set', 'agent.acceptDigests={blake3,sha256}'), 'agent', 'agent.yaml'), node: 'node-1' });
+    expect(tuned).toMatchObject({ timeouts: { streamIdle: 120_000 }, acceptDigests: ['blake3', 'sha256'] });
   });
 
   it('every object carries the common labels, and the agent may only be its own node', () => {

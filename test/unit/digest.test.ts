@@ -44,6 +44,21 @@ it('defaults agents to blake3 and names the field when the digest is unknown', (
   expect(() => parseAgentConfig({ ...base, digest: 'md5' })).toThrow(/digest/);
 });
 
+it('accepts its own digest unless told more; timeouts default, are Go durations, and a bad one is named', () => {
+  const base = { node: 'n', listen: { host: '127.0.0.1', port: 1 }, stateDir: '/tmp/x', tls: { ca: 'a', cert: 'b', key: 'c' } };
+  const c = parseAgentConfig(base);
+  expect(c.acceptDigests).toBeUndefined(); // the target then takes `digest` alone
+  expect(c.timeouts).toEqual({ handshake: 10_000, unauthenticated: 10_000, requestBody: 10_000, streamIdle: 30_000 });
+  expect(parseAgentConfig({ ...base, acceptDigests: ['blake3', 'sha256'], timeouts: { streamIdle: '1m30s' } })).toMatchObject({
+    acceptDigests: ['blake3', 'sha256'], timeouts: { streamIdle: 90_000, handshake: 10_000 },
+  });
+  expect(() => parseAgentConfig({ ...base, acceptDigests: ['md5'] })).toThrow(/acceptDigests/);
+  expect(() => parseAgentConfig({ ...base, acceptDigests: [] })).toThrow(/acceptDigests/);
+  expect(() => parseAgentConfig({ ...base, timeouts: { streamIdle: 'soon' } })).toThrow(/"soon" is not a Go duration; write e\.g\. 300ms.*at timeouts\.streamIdle/s);
+  expect(() => parseAgentConfig({ ...base, timeouts: { requestBody: '0s' } })).toThrow(/must be longer than 0.*at timeouts\.requestBody/s);
+  expect(() => parseAgentConfig({ ...base, timeouts: { idle: '1s' } })).toThrow(/idle/);
+});
+
 describe('on a platform without the native addons', () => {
   const repo = fileURLToPath(new URL('../../', import.meta.url));
   const probe = `
