@@ -21,6 +21,7 @@ const POLL_MS = 20;
 /** A group member at a barrier looks at its siblings this often. */
 const BARRIER_POLL_MS = 50;
 const NODE_CACHE_MS = 5000;
+const ENDPOINT_CACHE_MS = 60_000;
 const MAX_ARCS = 200;
 
 export interface ReconcilerDeps {
@@ -440,7 +441,11 @@ export class Reconciler {
     return node;
   }
 
-  /** Endpoints found to be their node's, and when (checked again after NODE_CACHE_MS). */
+  /**
+   * Endpoints found to be their node's, and when. A DeviceNode that names another endpoint is
+   * checked at once; the same one again after ENDPOINT_CACHE_MS (a Node's addresses seldom change):
+   * under load, a Node read every NODE_CACHE_MS per node was two API requests per migration.
+   */
   private readonly endpoints = new Map<string, { endpoint: string; at: number }>();
 
   /** The two agents, each pinned to its node's identity; or why they cannot be asked. */
@@ -456,7 +461,7 @@ export class Reconciler {
 
   private async foreign(node: string, endpoint: string): Promise<string | undefined> {
     const ok = this.endpoints.get(node);
-    if (ok?.endpoint === endpoint && this.now() - ok.at < NODE_CACHE_MS) return undefined;
+    if (ok?.endpoint === endpoint && this.now() - ok.at < ENDPOINT_CACHE_MS) return undefined;
     const why = await foreignEndpoint(this.addresses, node, endpoint);
     if (!why) this.endpoints.set(node, { endpoint, at: this.now() });
     return why;
