@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
-import { access, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { alive } from '../vfio/sim/lock.js';
@@ -90,6 +90,29 @@ export async function buildOnce(out: string, log: (line: string) => void, build:
   } finally {
     await rm(lock, { force: true });
   }
+}
+
+/**
+ * Commands of the same Go module (its go.mod names kubelet, kube-controller-manager, kube-scheduler
+ * and kubectl as tools), name -> package, built when missing into `<cache>/<name>-<hash of the
+ * module's sources>`: one set of dependencies, one hash, so they always go together. One at a time:
+ * they share most packages, which the first build leaves in the Go cache.
+ */
+export async function ensureModuleBinaries(pkgs: Record<string, string>, log: (line: string) => void = () => undefined): Promise<Record<string, string>> {
+  const hash = await sourceHash();
+  const bins: Record<string, string> = {};
+  for (const [name, pkg] of Object.entries(pkgs)) {
+    const bin = join(cacheDir(), `${name}-${hash}`);
+    bins[name] = await buildOnce(bin, log, async () => {
+      log(`building ${name} from Go modules into ${cacheDir()} (the first build takes minutes)`);
+      const started = Date.now();
+      // Under another name first: a build cut short leaves nothing that looks built.
+      await run(goBinary(), ['build', '-ldflags', await ldflags(), '-o', `${bin}.${process.pid}.tmp`, pkg], SOURCE);
+      await rename(`${bin}.${process.pid}.tmp`, bin);
+      log(`built ${name} in ${Math.round((Date.now() - started) / 1000)} s`);
+    });
+  }
+  return bins;
 }
 
 export function run(cmd: string, args: string[], cwd: string, env?: NodeJS.ProcessEnv): Promise<void> {

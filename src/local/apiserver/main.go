@@ -90,6 +90,11 @@ func apiserverArgs(dir string, pki *PKI, etcdURL string, port int) []string {
 		"--cert-dir=" + filepath.Join(dir, "pki", "generated"),
 		"--allow-privileged=true",
 		"--endpoint-reconciler-type=none",
+		// Kubelets of the pods environment (src/local/pods) register with their bridge's address
+		// and check the API server's client certificate, as a cluster's kubelets do (logs, exec).
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
+		"--kubelet-client-certificate=" + pki.AdminCert,
+		"--kubelet-client-key=" + pki.AdminKey,
 		"--profiling=false",
 		"--v=0",
 	}
