@@ -5,7 +5,7 @@
 import { X509Certificate } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { AddressInfo } from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import type { Http2SecureServer } from 'node:http2';
 import type { Logger } from 'pino';
 import type { TlsMaterial } from '../relay/h2.js';
@@ -131,20 +131,16 @@ async function clusterCertificate(config: AgentConfig, log: Logger, reuse = true
   // A restart keeps the certificate it had while it is fresh, so an agent comes back even while the
   // controller (the signer) is down; the key stays on the node's disk, readable by the agent alone.
   const saved = join(config.stateDir, 'tls.json');
+  const advertised = config.advertise ? new URL(config.advertise).hostname.replace(/^\[|\]$/g, '') : undefined;
   if (reuse) {
     const kept = await readFile(saved, 'utf8').then((t) => JSON.parse(t) as { ca: string; cert: string; key: string; csrName: string }, () => undefined);
-    if (kept) {
-      const x = new X509Certificate(kept.cert);
-      const from = Date.parse(x.validFrom);
-      const to = Date.parse(x.validTo);
-      if (x.subject === `CN=agent:${config.node}` && Date.now() < from + ((to - from) * 2) / 3) {
-        log.info({ csr: kept.csrName, notAfter: x.validTo }, 'kept the agent certificate from the last run');
-        return { ...kept, notAfter: new Date(to) };
-      }
+    const notAfter = kept && keepable(kept.cert, config.node, advertised);
+    if (kept && notAfter) {
+      log.info({ csr: kept.csrName, notAfter }, 'kept the agent certificate from the last run');
+      return { ...kept, notAfter };
     }
   }
   const [{ Kube }, { requestCertificate }] = await Promise.all([import('../kube/kube.js'), import('./certs.js')]);
-  const advertised = config.advertise ? new URL(config.advertise).hostname.replace(/^\[|\]$/g, '') : undefined;
   const cert = await requestCertificate(Kube.fromFile(config.kube?.kubeconfig), {
     node: config.node, namespace: k.namespace, caConfigMapName: k.caConfigMapName, signerName: k.signerName,
     expirationSeconds: k.expirationSeconds, hosts: [...new Set([advertised, config.listen.host].filter((h): h is string => Boolean(h)))],
@@ -154,6 +150,20 @@ async function clusterCertificate(config: AgentConfig, log: Logger, reuse = true
   await writeFile(`${saved}.tmp`, JSON.stringify({ ca: cert.ca, cert: cert.cert, key: cert.key, csrName: cert.csrName }), { mode: 0o600 });
   await rename(`${saved}.tmp`, saved);
   return cert;
+}
+
+/**
+ * Whether a certificate kept from the last run may serve this one (its expiry if so): this node's,
+ * before two thirds of its life, and naming the address the agent advertises now. A state directory
+ * on the node outlives the pod, and a new pod has a new address that the old certificate does not
+ * name (peers would refuse it): then the agent asks for a new one.
+ */
+export function keepable(certPem: string, node: string, advertised: string | undefined, now = Date.now()): Date | undefined {
+  const x = new X509Certificate(certPem);
+  const from = Date.parse(x.validFrom);
+  const to = Date.parse(x.validTo);
+  const names = !advertised || (isIP(advertised) ? x.checkIP(advertised) !== undefined : x.checkHost(advertised) !== undefined);
+  return x.subject === `CN=agent:${node}` && names && now < from + ((to - from) * 2) / 3 ? new Date(to) : undefined;
 }
 
 /**
