@@ -65,7 +65,7 @@ export class Agent {
     if (config.kube) {
       // Loaded only when publishing: importing the Kubernetes client adds ~50 MB of RSS (75 -> 125).
       const { DeviceNodePublisher } = await import('./publish.js');
-      agent.publisher = new DeviceNodePublisher(ctx, config.kube.kubeconfig, agent.endpoint, config.kube.heartbeatSeconds * 1000);
+      agent.publisher = new DeviceNodePublisher(ctx, config.kube.kubeconfig, agent.endpoint, config.kube.heartbeatSeconds * 1000, config.kube.ownerClusterRole);
       await agent.publisher.start();
       // What a device holds is what the controller picks targets by: published as soon as it changes.
       const publisher = agent.publisher;

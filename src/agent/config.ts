@@ -95,6 +95,8 @@ export const agentConfigSchema = z.strictObject({
   kube: z.strictObject({
     kubeconfig: z.string().optional(),
     heartbeatSeconds: z.number().positive().default(5),
+    /** The release's ClusterRole (the chart names the agent's): the DeviceNode names it as its owner, so `helm uninstall` takes it too. */
+    ownerClusterRole: z.string().min(1).optional(),
   }).optional(),
   /**
    * Read the kubelet's PodResources API: a device the kubelet gave to a pod is never a target (unset:

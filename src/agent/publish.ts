@@ -3,19 +3,23 @@
  * and a heartbeat. Written only by this node's agent (RBAC restricts it to its own object).
  */
 import type { DeviceNodeStatus } from '../api/types.js';
-import { Kube } from '../kube/kube.js';
+import { Kube, type OwnerReference } from '../kube/kube.js';
+import { clusterRoleOwner } from '../kube/owner.js';
 import type { AgentContext } from './context.js';
 import { deviceView } from './ops.js';
 
 export class DeviceNodePublisher {
   private timer: NodeJS.Timeout | undefined;
   private readonly kube: Kube;
+  private owner: OwnerReference | undefined;
 
-  constructor(private readonly ctx: AgentContext, kubeconfig: string | undefined, private readonly endpoint: string, private readonly everyMs: number) {
+  constructor(private readonly ctx: AgentContext, kubeconfig: string | undefined, private readonly endpoint: string, private readonly everyMs: number,
+    private readonly ownerClusterRole?: string) {
     this.kube = Kube.fromFile(kubeconfig);
   }
 
   async start(): Promise<void> {
+    if (this.ownerClusterRole) this.owner = await clusterRoleOwner(this.kube, this.ownerClusterRole);
     await this.publish();
     this.timer = setInterval(() => {
       this.publish().catch((e: unknown) => this.ctx.log.warn({ err: (e as Error).message }, 'DeviceNode heartbeat failed'));
@@ -54,6 +58,6 @@ export class DeviceNodePublisher {
       heartbeat: new Date().toISOString(),
       ready,
     };
-    await this.kube.upsertDeviceNode({ node, endpoint: this.endpoint, identity: `agent:${node}` }, status);
+    await this.kube.upsertDeviceNode({ node, endpoint: this.endpoint, identity: `agent:${node}` }, status, this.owner);
   }
 }

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { loadControllerConfig, type ControllerConfig } from '../controller/config.js';
 import type { CsrSigner } from '../controller/pki.js';
 import type { TlsMaterial } from '../relay/h2.js';
-import type { Kube } from '../kube/kube.js';
+import type { Kube, OwnerReference } from '../kube/kube.js';
 import { createLogger } from '../log.js';
 import { CliError, type Io } from './output.js';
 
@@ -29,6 +29,18 @@ async function credentials(cfg: ControllerConfig, kube: Kube, log: Logger): Prom
   return { tls: { ca, cert, key }, ticketSecret: secret };
 }
 
+/** With ownerClusterRole, what the controller made belongs to the release (kube/owner.ts); returns that owner. */
+async function ownPkiObjects(cfg: ControllerConfig, kube: Kube): Promise<OwnerReference | undefined> {
+  if (!cfg.ownerClusterRole) return undefined;
+  const { adopt, clusterRoleOwner } = await import('../kube/owner.js');
+  const owner = await clusterRoleOwner(kube, cfg.ownerClusterRole);
+  if (cfg.pki) {
+    await adopt(kube, { apiVersion: 'v1', kind: 'Secret', name: cfg.pki.secretName, namespace: cfg.namespace }, owner);
+    await adopt(kube, { apiVersion: 'v1', kind: 'ConfigMap', name: cfg.pki.caConfigMapName, namespace: cfg.namespace }, owner);
+  }
+  return owner;
+}
+
 async function runController(path: string): Promise<void> {
   // The Kubernetes client is loaded by the commands that use it: importing it costs every devmig
   // process ~50 MB of RSS, the agent's included.
@@ -37,12 +49,13 @@ async function runController(path: string): Promise<void> {
   const log = createLogger('controller');
   const kube = Kube.fromFile(cfg.kubeconfig);
   const { tls, ticketSecret, signer } = await credentials(cfg, kube, log);
+  const owner = await ownPkiObjects(cfg, kube);
   const le = cfg.leaderElection;
   const controller = new Controller({
     kube, tls, ticketSecret, log, workers: cfg.workers, evacuationMaxParallel: cfg.evacuation.maxParallelTotal,
     agentPods: { namespace: cfg.namespace, serviceAccount: cfg.pki?.agentServiceAccount ?? 'devmig-agent' },
     metricsPort: cfg.metrics.port, metricsHost: cfg.metrics.host,
-    ...(le.enabled ? { leader: { namespace: le.namespace ?? cfg.namespace, name: le.name, identity: le.identity, leaseSeconds: le.leaseSeconds } } : {}),
+    ...(le.enabled ? { leader: { namespace: le.namespace ?? cfg.namespace, name: le.name, identity: le.identity, leaseSeconds: le.leaseSeconds, ...(owner ? { owner } : {}) } } : {}),
   });
   await controller.start();
   // Every replica signs: a CSR is settled once (approval and certificate are conditional writes), and

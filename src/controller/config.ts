@@ -19,6 +19,11 @@ export const controllerConfigSchema = z.strictObject({
     signerName: z.string().regex(/^[a-z0-9.-]+\/[a-z0-9.-]+$/, 'must look like example.com/name').default('devmig.io/agent'),
     agentServiceAccount: z.string().default('devmig-agent'),
   }).optional(),
+  /**
+   * The release's ClusterRole (the chart names the controller's own): the PKI's Secret and ConfigMap
+   * and the Lease name it as their owner, so `helm uninstall` takes them too (kube/owner.ts).
+   */
+  ownerClusterRole: z.string().min(1).optional(),
   workers: z.number().int().positive().default(4),
   /** DeviceEvacuations: how many of their migrations may run at once, over all evacuations. */
   evacuation: z.strictObject({ maxParallelTotal: z.number().int().min(1).max(1024).default(8) }).prefault({}),

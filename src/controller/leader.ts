@@ -4,17 +4,20 @@
  * as plain JSON through the custom objects client.
  */
 import type { Logger } from 'pino';
-import type { Kube } from '../kube/kube.js';
+import type { Kube, OwnerReference } from '../kube/kube.js';
+import { withOwner } from '../kube/owner.js';
 
 export interface LeaderOptions {
   readonly namespace: string;
   readonly name: string;
   readonly identity: string;
   readonly leaseSeconds: number;
+  /** The release's object the Lease belongs to (see kube/owner.ts). */
+  readonly owner?: OwnerReference;
 }
 
 interface Lease {
-  metadata: { name: string; resourceVersion?: string };
+  metadata: { name: string; resourceVersion?: string; ownerReferences?: OwnerReference[] };
   spec: { holderIdentity?: string; leaseDurationSeconds?: number; renewTime?: string; acquireTime?: string; leaseTransitions?: number };
 }
 
@@ -35,7 +38,7 @@ export async function tryLead(kube: Kube, o: LeaderOptions, now = Date.now()): P
   const spec = { holderIdentity: o.identity, leaseDurationSeconds: o.leaseSeconds, renewTime: microTime(now) };
   if (!lease) {
     await kube.custom.createNamespacedCustomObject({ ...path(o), body: {
-      apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: o.name, namespace: o.namespace },
+      apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: o.name, namespace: o.namespace, ...(o.owner ? { ownerReferences: [o.owner] } : {}) },
       spec: { ...spec, acquireTime: microTime(now), leaseTransitions: 0 },
     } });
     return true;
@@ -44,8 +47,9 @@ export async function tryLead(kube: Kube, o: LeaderOptions, now = Date.now()): P
   const expired = !s.renewTime || Date.parse(s.renewTime) + (s.leaseDurationSeconds ?? o.leaseSeconds) * 1000 < now;
   if (s.holderIdentity !== o.identity && !expired) return false;
   const taking = s.holderIdentity !== o.identity;
+  const owners = o.owner ? withOwner(lease.metadata.ownerReferences, o.owner) : undefined;
   await kube.custom.replaceNamespacedCustomObject({ ...path(o), name: o.name, body: {
-    apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: lease.metadata,
+    apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: owners ? { ...lease.metadata, ownerReferences: owners } : lease.metadata,
     spec: { ...s, ...spec, ...(taking ? { acquireTime: microTime(now), leaseTransitions: (s.leaseTransitions ?? 0) + 1 } : {}) },
   } });
   return true;

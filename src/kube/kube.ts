@@ -4,6 +4,7 @@
  */
 import * as k8s from '@kubernetes/client-node';
 import { GROUP, VERSION } from '../api/names.js';
+import { withOwner } from './owner.js';
 import type {
   DeviceEvacuationSpec, DeviceEvacuationStatus, DeviceMigrationGroupSpec, DeviceMigrationGroupStatus, DeviceMigrationSpec, DeviceMigrationStatus,
   DeviceNodeSpec, DeviceNodeStatus, DeviceReleaseSpec, DeviceReleaseStatus,
@@ -19,6 +20,7 @@ export interface Meta {
   creationTimestamp?: string;
   labels?: Record<string, string>;
   managedFields?: Array<{ manager?: string; operation?: string; subresource?: string; time?: string | Date }>;
+  ownerReferences?: OwnerReference[];
 }
 export interface DeviceMigration { apiVersion: string; kind: 'DeviceMigration'; metadata: Meta; spec: DeviceMigrationSpec; status?: DeviceMigrationStatus }
 export interface DeviceNode { apiVersion: string; kind: 'DeviceNode'; metadata: Meta; spec: DeviceNodeSpec; status?: DeviceNodeStatus }
@@ -174,15 +176,17 @@ export class Kube {
     return this.list('devicenodes');
   }
 
-  /** Creates or updates this node's DeviceNode: spec once, status every heartbeat. */
-  async upsertDeviceNode(spec: DeviceNodeSpec, status: DeviceNodeStatus): Promise<void> {
+  /** Creates or updates this node's DeviceNode: spec (and owner, kube/owner.ts) once, status every heartbeat. */
+  async upsertDeviceNode(spec: DeviceNodeSpec, status: DeviceNodeStatus, owner?: OwnerReference): Promise<void> {
     const name = spec.node;
     const existing = await this.getDeviceNode(name);
+    const owners = owner ? withOwner(existing?.metadata.ownerReferences, owner) : undefined;
     if (!existing) {
       await this.custom.createClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicenodes', fieldManager: FIELD_MANAGER,
-        body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'DeviceNode', metadata: { name }, spec } });
-    } else if (JSON.stringify(existing.spec) !== JSON.stringify(spec)) {
-      await this.custom.patchClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicenodes', name, body: { spec }, fieldManager: FIELD_MANAGER }, merge);
+        body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'DeviceNode', metadata: { name, ...(owners ? { ownerReferences: owners } : {}) }, spec } });
+    } else if (owners || JSON.stringify(existing.spec) !== JSON.stringify(spec)) {
+      await this.custom.patchClusterCustomObject({ group: GROUP, version: VERSION, plural: 'devicenodes', name,
+        body: { spec, ...(owners ? { metadata: { ownerReferences: owners } } : {}) }, fieldManager: FIELD_MANAGER }, merge);
     }
     await this.patchStatus('devicenodes', name, status);
   }
