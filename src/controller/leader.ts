@@ -58,6 +58,8 @@ export async function tryLead(kube: Kube, o: LeaderOptions, now = Date.now()): P
 /** Resolves once we lead; calls onLost if a renewal fails for a whole lease period. */
 export async function lead(kube: Kube, o: LeaderOptions, log: Logger, onLost: () => void): Promise<() => void> {
   const every = Math.max(1000, (o.leaseSeconds * 1000) / 3);
+  // A standby replica says so once: its log would otherwise stay empty until it leads.
+  log.info({ lease: `${o.namespace}/${o.name}`, identity: o.identity }, 'waiting to lead');
   for (;;) {
     const ok = await tryLead(kube, o).catch((e: unknown) => { log.warn({ err: (e as Error).message }, 'lease'); return false; });
     if (ok) break;
