@@ -84,7 +84,7 @@ describe('what it renders', () => {
   it('the agent is privileged on the host only for real devices; simulated, it is restricted', () => {
     const k = podSpec(find(real, 'DaemonSet', 'agent'));
     expect(k.hostNetwork).toBe(true);
-    expect(k.containers.map((c) => c.securityContext?.privileged)).toEqual([true, true]);
+    expect(k.containers.map((c) => c.securityContext?.privileged)).toEqual([true]);
     expect(k.nodeSelector).toEqual({ 'devmig.io/vfio': 'true' });
     expect((k.volumes ?? []).map((v) => v.hostPath?.path).filter(Boolean)).toEqual(['/var/lib/devmig', '/var/lib/kubelet/pod-resources', '/dev', '/sys']);
     // The kubelet's allocations: read-only, the agent's alone (the holder needs none of it).
@@ -97,12 +97,50 @@ describe('what it renders', () => {
       expect(c.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
     }
     expect((s.volumes ?? []).every((v) => !v.hostPath)).toBe(true);
-    // The holder is the pod's second container, and sees the agent's processes.
+    // With the state in an emptyDir (it goes with the pod anyway), the holder is the pod's second
+    // container, and sees the agent's processes.
     expect(s.shareProcessNamespace).toBe(true);
     expect(s.containers.map((c) => c.args?.[0])).toEqual(['agent', 'holder']);
+    expect(sim.some((d) => d.metadata.labels?.['app.kubernetes.io/component'] === 'holder')).toBe(false);
     // The agent starts with the Node flags the local environment and the benchmark give it.
     for (const spec of [k, s]) {
       expect(spec.containers[0]!.env?.find((e) => e.name === 'NODE_OPTIONS')?.value).toBe(AGENT_NODE_FLAGS.join(' '));
+    }
+  });
+
+  it('with the state on the node, the holder is a DaemonSet of its own that upgrades leave running', async () => {
+    const onNode = await template(...SIM, '--set', 'agent.simulated.onNode=true');
+    for (const [docs, privileged] of [[real, true], [onNode, undefined]] as const) {
+      const agent = podSpec(find(docs, 'DaemonSet', 'agent'));
+      const holderSet = find(docs, 'DaemonSet', 'holder');
+      const holder = podSpec(holderSet);
+      // An agent upgrade replaces the agent's pod; the holder's pod, and the devices it holds open, stay.
+      expect((holderSet.spec as { updateStrategy: { type: string } }).updateStrategy.type).toBe('OnDelete');
+      expect(agent.containers.map((c) => c.args?.[0])).toEqual(['agent']);
+      expect(holder.containers.map((c) => c.args)).toEqual([['holder', '--state-dir', '/var/lib/devmig/state']]);
+      // Each sees the other's processes (pidfd_getfd, the simulated devices' lock) in the host's PID namespace.
+      expect([agent.hostPID, holder.hostPID, agent.shareProcessNamespace]).toEqual([true, true, undefined]);
+      expect(holder.automountServiceAccountToken).toBe(false);
+      expect(holder.containers[0]!.securityContext?.privileged).toBe(privileged);
+      // Both mount the node's state directory, one per node.
+      for (const spec of [agent, holder]) {
+        expect(spec.volumes?.find((v) => v.name === 'state')?.hostPath).toEqual({ path: '/var/lib/devmig', type: 'DirectoryOrCreate' });
+        expect(spec.containers[0]!.volumeMounts?.find((m) => m.name === 'state')).toEqual({ name: 'state', mountPath: '/var/lib/devmig', subPathExpr: '$(NODE_NAME)' });
+      }
+    }
+    // Simulated devices on the node keep the agent restricted otherwise: no privilege, no capabilities.
+    const a = podSpec(find(onNode, 'DaemonSet', 'agent'));
+    expect(a.hostNetwork).toBe(false);
+    expect(a.containers[0]!.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+  });
+
+  it('what the controller and agents make belongs to the release: each names its own ClusterRole, which it may only read', () => {
+    const cfg = (component: string, file: string) => parse(find(real, 'ConfigMap', component).data![file]!) as Record<string, unknown>;
+    expect(cfg('controller', 'controller.yaml').ownerClusterRole).toBe('devmig-controller');
+    expect((cfg('agent', 'agent.yaml').kube as Record<string, unknown>).ownerClusterRole).toBe('devmig-agent');
+    for (const name of ['devmig-controller', 'devmig-agent']) {
+      const role = real.find((d) => d.kind === 'ClusterRole' && d.metadata.name === name) as Obj & { rules: Array<{ resources: string[]; resourceNames?: string[]; verbs: string[] }> };
+      expect(role.rules.filter((r) => r.resources.includes('clusterroles'))).toEqual([{ apiGroups: ['rbac.authorization.k8s.io'], resources: ['clusterroles'], resourceNames: [name], verbs: ['get'] }]);
     }
   });
 

@@ -18,6 +18,7 @@
 
 {{- define "devmig.controller" -}}{{ include "devmig.fullname" . | trunc 52 | trimSuffix "-" }}-controller{{- end -}}
 {{- define "devmig.agent" -}}{{ include "devmig.fullname" . | trunc 57 | trimSuffix "-" }}-agent{{- end -}}
+{{- define "devmig.holder" -}}{{ include "devmig.fullname" . | trunc 56 | trimSuffix "-" }}-holder{{- end -}}
 
 {{- define "devmig.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
@@ -73,12 +74,21 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* The agent's state (journal, simulated devices) on the node rather than in an emptyDir. */}}
+{{- define "devmig.stateOnNode" -}}
+{{- if or .Values.agent.kernel.enabled .Values.agent.simulated.onNode }}true{{ end -}}
+{{- end -}}
+
 {{- define "devmig.agentMounts" -}}
 - name: config
   mountPath: /etc/devmig
   readOnly: true
 - name: state
   mountPath: /var/lib/devmig
+  {{- if include "devmig.stateOnNode" . }}
+  # One directory per node: nodes that share a host (or a path on shared storage) keep theirs apart.
+  subPathExpr: $(NODE_NAME)
+  {{- end }}
 {{- if .Values.agent.kernel.enabled }}
 - name: dev
   mountPath: /dev
