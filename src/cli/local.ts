@@ -8,7 +8,7 @@ import type { DeviceMigration, Kube } from '../kube/kube.js';
 import { simDigest } from '../vfio/sim/digest.js';
 import { CliError, jsonLine, parseFormat, table, type Io } from './output.js';
 
-interface UpOpts { dir: string; nodes: string; devices: string; stateSize: string; loopback: string; output?: string; kernel?: string | boolean }
+interface UpOpts { dir: string; nodes: string; devices: string; stateSize: string; loopback: string; pods?: boolean; output?: string; kernel?: string | boolean }
 
 export function registerLocal(program: Command, io: Io): void {
   const local = program.command('local').description('a local devmig: real kube-apiserver, agents with simulated devices, controller');
@@ -17,7 +17,7 @@ export function registerLocal(program: Command, io: Io): void {
   local.command('down').description('stop everything `local up` started and start the next one fresh: the simulated devices\' memory, '
     + 'the API server\'s data (every DeviceMigration) and the agents\' journals all go, together (idempotent)')
     .option('--dir <dir>', 'where the local environment lives', '.devmig')
-    .action(async (o: { dir: string }) => (await env()).localDown(o.dir, (t) => io.out(t)));
+    .action(async (o: { dir: string }) => localDown(o.dir, (t) => io.out(t)));
   const demo = local.command('demo').description('local up, then migrate node-1/sim-0 to node-2 and watch it, then check the digest');
   addUpOptions(demo).option('--strategy <s>', 'StopCopy, PreCopy or Auto', 'Auto')
     .action((o: UpOpts & { strategy: string }) => (o.kernel ? kernelCli().then((k) => k.runKernelDemo(upOptions(o), o.strategy, io, o.output)) : runDemo(o, io)));
@@ -39,6 +39,14 @@ function registerMarker(local: Command, io: Io): void {
 
 /** The local environment and the Kubernetes client, loaded by the commands that use them (~50 MB of RSS). */
 const env = () => import('../local/env.js');
+/** The same environment as real pods (`--pods`). */
+const pods = () => import('../local/pods/cli.js');
+
+/** Down is one command for both: the environment in the directory goes, as pods or as processes. */
+async function localDown(dir: string, say: (t: string) => void): Promise<void> {
+  if (await (await pods()).podsDownIfUp(dir, say)) return;
+  await (await env()).localDown(dir, say);
+}
 
 function addUpOptions(c: Command): Command {
   return c.option('--dir <dir>', 'where the local environment lives', '.devmig')
@@ -47,12 +55,14 @@ function addUpOptions(c: Command): Command {
     .option('--state-size <quantity>', 'device state size', '64Mi')
     .option('--loopback <prefix>', 'agents listen on <prefix>.2, <prefix>.3, ...', '127.0.0')
     .option('--kernel [guest]', 'agents on real mtty devices in a QEMU guest booting Debian\'s kernel (debian, the default) or ours with iommufd (cdev)')
+    .option('--pods', 'as real pods: containerd and a kubelet per node, the image built from the Dockerfile, the Helm chart (root; see README)')
     .option('-o, --output <format>', 'json for one JSON object');
 }
 
 async function up_(o: UpOpts, io: Io): Promise<void> {
   const format = parseFormat(o.output);
-  const state = await (await env()).localUp(upOptions(o), (t) => { if (format === 'text') io.out(t); });
+  const say = (t: string) => { if (format === 'text') io.out(t); };
+  const state = o.pods ? await (await pods()).podsUpCli(upOptions(o), say) : await (await env()).localUp(upOptions(o), say);
   if (format === 'json') io.out(jsonLine(state));
 }
 
@@ -62,6 +72,8 @@ export function upOptions(o: UpOpts) {
   if (!Number.isInteger(nodes) || nodes < 2 || nodes > 50) throw new CliError(`--nodes ${o.nodes}: give a whole number from 2 to 50`);
   if (!Number.isInteger(devices) || devices < 1 || devices > 64) throw new CliError(`--devices ${o.devices}: give a whole number from 1 to 64`);
   parseQuantity(o.stateSize, '--state-size');
+  if (o.pods && nodes > 8) throw new CliError(`--nodes ${o.nodes}: the pods environment runs at most 8 nodes on one machine`);
+  if (o.pods && o.kernel !== undefined && o.kernel !== false) throw new CliError('--pods and --kernel: choose one; the pods environment\'s agents have simulated devices');
   if (!/^127\.\d{1,3}\.\d{1,3}$/.test(o.loopback)) throw new CliError(`--loopback ${o.loopback}: give the first three octets of a loopback address, e.g. 127.0.0`);
   const kernel = guestKernel(o.kernel);
   return { dir: o.dir, nodes, devices, stateSize: o.stateSize, loopbackPrefix: o.loopback, ...(kernel ? { kernel } : {}) };
@@ -77,7 +89,7 @@ function guestKernel(flag: string | boolean | undefined): 'debian' | 'cdev' | un
 async function runDemo(o: UpOpts & { strategy: string }, io: Io): Promise<void> {
   const format = parseFormat(o.output);
   const say = (t: string) => { if (format === 'text') io.out(t); };
-  const state = await (await env()).localUp(upOptions(o), say);
+  const state = o.pods ? await (await pods()).podsUpCli(upOptions(o), say) : await (await env()).localUp(upOptions(o), say);
   const { Kube } = await import('../kube/kube.js');
   const kube = Kube.fromFile(state.kubeconfig);
   const src = state.agents[0]!;
@@ -118,7 +130,7 @@ export async function watch(kube: Kube, name: string, say: (t: string) => void):
 }
 
 export async function localSimDir(dir: string, node: string): Promise<string> {
-  const s = await (await env()).readLocal(dir);
+  const s = (await (await pods()).podsAgents(dir)) ?? (await (await env()).readLocal(dir));
   const a = s?.agents.find((x) => x.node === node);
   if (!a) throw new CliError(`no local node ${node} in ${resolve(dir)}; run \`devmig local up\` first`);
   return a.simDir;
