@@ -16,6 +16,8 @@ export default {
     // The real kernel's tests (npm run test:kernel): test/kernel/guest runs inside the QEMU guest,
     // test/kernel/local on the host against agents in the guest.
     ...(process.env.DEVMIG_KERNEL_TESTS ? [] : ['<rootDir>/test/kernel/']),
+    // Real pods (npm run test:cluster): root, containerd and kubelets; it brings its environment up first.
+    ...(process.env.DEVMIG_CLUSTER ? [] : ['<rootDir>/test/cluster/']),
   ],
   testTimeout: 60000,
   // Integration tests start real processes and servers; two workers match the 2-core CI machine.
