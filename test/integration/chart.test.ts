@@ -144,6 +144,16 @@ describe('what it renders', () => {
     }
   });
 
+  it('liveness counts only once the controller and the agent have started (a busy node is no reason to restart them)', () => {
+    for (const docs of [real, sim]) {
+      for (const [kind, component] of [['Deployment', 'controller'], ['DaemonSet', 'agent']] as const) {
+        const main = podSpec(find(docs, kind, component)).containers[0]!;
+        expect(main.startupProbe).toMatchObject({ periodSeconds: 2, failureThreshold: 90 });
+        expect(main.startupProbe?.httpGet?.port ?? main.startupProbe?.tcpSocket?.port).toBe(main.livenessProbe?.httpGet?.port ?? main.livenessProbe?.tcpSocket?.port);
+      }
+    }
+  });
+
   it('its config files are ones the controller and agent accept, and leader election follows replicas', async () => {
     const cfg = (docs: Obj[], component: string, file: string) => parse(find(docs, 'ConfigMap', component).data![file]!) as Record<string, unknown>;
     // The agent's: spare devices and the kubelet's PodResources as the values say.
