@@ -7,7 +7,7 @@
 import * as k8s from '@kubernetes/client-node';
 import { readFile } from 'node:fs/promises';
 import { API_VERSION } from '../../src/api/names.js';
-import { occupied, inFlight } from '../../src/controller/validate.js';
+import { inFlight, isFree } from '../../src/controller/validate.js';
 import type { DeviceEvacuation, DeviceMigration } from '../../src/kube/kube.js';
 import { waitReleaseReady } from '../../src/local/pods/cluster.js';
 import { sh } from '../../src/local/pods/sh.js';
@@ -52,22 +52,17 @@ async function snapshot(): Promise<Map<string, { sha256: string; state: string; 
   return out;
 }
 
-/** A device that may receive on `node`: no migration holds it, none is moving it. */
-async function freeDevice(node: string): Promise<string> {
-  const all = await c.kube.listMigrations();
-  const busy = new Set([...occupied(all), ...inFlight(all).keys()]);
-  const d = devices().find((x) => !busy.has(`${node}/${x}`));
-  if (!d) throw new Error(`no free device on ${node}: ${[...busy].join(', ')}`);
-  return d;
+/** The devices of `node` its agent says are free (they may receive), and no migration is about to take. */
+async function freeDevices(node: string): Promise<string[]> {
+  const [dn, all] = await Promise.all([c.kube.getDeviceNode(node), c.kube.listMigrations()]);
+  const busy = inFlight(all);
+  return (dn?.status?.devices ?? []).filter((d) => isFree(d) && !d.migration && !busy.has(`${node}/${d.name}`)).map((d) => d.name);
 }
 
-/** A device of `node` whose state no migration took away and none holds: a workload of its own. */
-async function ownDevice(node: string): Promise<string> {
-  const all = await c.kube.listMigrations();
-  const moved = new Set(all.filter((m) => m.status?.phase === 'Succeeded').map((m) => `${m.spec.source.node}/${m.spec.source.device}`));
-  const busy = new Set([...occupied(all), ...inFlight(all).keys(), ...moved]);
-  const d = devices().find((x) => !busy.has(`${node}/${x}`));
-  if (!d) throw new Error(`no device of its own left on ${node}`);
+/** A device that may receive on `node`, or one to play a workload's own state (a spare's is as good as any). */
+async function freeDevice(node: string): Promise<string> {
+  const [d] = await freeDevices(node);
+  if (!d) throw new Error(`no free device on ${node}: ${JSON.stringify((await c.kube.getDeviceNode(node))?.status?.devices)}`);
   return d;
 }
 
@@ -76,7 +71,7 @@ const held: { node: string; device: string }[] = [];
 describe('migrations between the nodes, checked by digest', () => {
   for (const strategy of ['StopCopy', 'PreCopy'] as const) {
     it(`${strategy}: node-1 -> node-2, the state arrives intact`, async () => {
-      const device = await ownDevice('node-1');
+      const device = await freeDevice('node-1');
       const before = await simDigest(c.simDir('node-1'), device);
       const name = `pods-${strategy.toLowerCase()}`;
       await migrate(name, { node: 'node-1', device }, 'node-2', { strategy });
@@ -140,7 +135,7 @@ describe('the controller pod deleted mid-migration (--grace-period=0)', () => {
       return controllers.find((n) => holder?.startsWith(`${n}-`)) ? holder : undefined;
     }, 60_000, 500);
     const leaderPod = controllers.find((n) => leader.startsWith(`${n}-`))!;
-    const device = await ownDevice('node-1');
+    const device = await freeDevice('node-1');
     const before = await simDigest(c.simDir('node-1'), device);
     await migrate('pods-leader-killed', { node: 'node-1', device }, 'node-2', { limits: { bandwidth: SLOW } });
     await streaming('pods-leader-killed');
@@ -157,13 +152,12 @@ describe('the controller pod deleted mid-migration (--grace-period=0)', () => {
 
 describe('a DeviceEvacuation of node-1', () => {
   it('moves every device in use off node-1 onto node-2, states intact', async () => {
+    // What node-1's agent says holds a workload's state: the migration after the upgrade put one there.
     const dn = await c.kube.getDeviceNode('node-1');
-    const inUse = (dn?.status?.devices ?? []).filter((d) => d.state === 'RUNNING' && !d.migration).map((d) => d.name);
+    const inUse = (dn?.status?.devices ?? []).filter((d) => !isFree(d) && !d.migration).map((d) => d.name);
     expect(inUse.length).toBeGreaterThan(0);
     // Node-2 must have room for all of them, or the evacuation waits (NoTarget) by design.
-    const all = await c.kube.listMigrations();
-    const busy = new Set([...occupied(all), ...inFlight(all).keys()]);
-    const free = devices().filter((d) => !busy.has(`node-2/${d}`));
+    const free = await freeDevices('node-2');
     if (free.length < inUse.length) throw new Error(`node-2 has ${free.length} free devices (${free.join(', ')}) for the ${inUse.length} in use on node-1 (${inUse.join(', ')})`);
     const before = new Map(await Promise.all(inUse.map(async (d) => [d, (await simDigest(c.simDir('node-1'), d)).sha256] as const)));
     await c.kube.custom.createClusterCustomObject({ group: 'devmig.io', version: 'v1alpha1', plural: 'deviceevacuations', body: {
