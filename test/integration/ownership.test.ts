@@ -6,6 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { API_VERSION } from '../../src/api/names.js';
@@ -109,6 +110,8 @@ it('still refuses once every DeviceMigration is deleted, and once the agents res
     child.unref();
     (a as { pid: number }).pid = child.pid!;
   }
+  // local down stops the agents local.json names: these, not the ones that went.
+  await writeFile(join(local.env.dir, 'local.json'), JSON.stringify(local.env, null, 2));
   await published('node-2', target, (d) => d.occupancy?.migration === 'first');
   await until('agents ready', async () => (await local.kube.listDeviceNodes()).every((n) => n.status?.ready), 30_000, 200);
   await refusedOnto('fourth', target, moved);
