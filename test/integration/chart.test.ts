@@ -154,6 +154,17 @@ describe('what it renders', () => {
     }
   });
 
+  it('kubelets sharing a host: the PodResources mount takes each node\'s own directory (subPathExpr)', async () => {
+    const docs = await template('--set', 'agent.podResources.withSimulated=true', '--set', 'agent.podResources.dir=/var/lib/devmig-pods',
+      '--set-string', 'agent.podResources.subPathExpr=$(NODE_NAME)/kubelet/pod-resources');
+    const spec = podSpec(find(docs, 'DaemonSet', 'agent'));
+    const mount = spec.containers[0]!.volumeMounts!.find((m) => m.name === 'pod-resources');
+    expect(mount).toEqual({ name: 'pod-resources', mountPath: '/var/lib/kubelet/pod-resources', readOnly: true, subPathExpr: '$(NODE_NAME)/kubelet/pod-resources' });
+    expect(spec.volumes!.find((v) => v.name === 'pod-resources')?.hostPath).toEqual({ path: '/var/lib/devmig-pods', type: 'Directory' });
+    // On a real node there is none: the kubelet's own directory, mounted whole.
+    expect(podSpec(find(real, 'DaemonSet', 'agent')).containers[0]!.volumeMounts!.find((m) => m.name === 'pod-resources')?.subPathExpr).toBeUndefined();
+  });
+
   it('its config files are ones the controller and agent accept, and leader election follows replicas', async () => {
     const cfg = (docs: Obj[], component: string, file: string) => parse(find(docs, 'ConfigMap', component).data![file]!) as Record<string, unknown>;
     // The agent's: spare devices and the kubelet's PodResources as the values say.
