@@ -16,10 +16,10 @@ import { alive } from '../../vfio/sim/lock.js';
 import { ensurePodsBinaries, type PodsBinaries } from './binaries.js';
 import { ensureImages, importImages, type Images } from './images.js';
 import {
-  AGENT_UID, DEVICE_ROOT, logDir, NAMESPACE, OWNER_FILE, podsNode, RELEASE, RUN_ROOT, statePath, WRITTEN_ANYWAY, type PodsNode,
+  AGENT_UID, DEVICE_ROOT, LIB_ROOT, logDir, NAMESPACE, OWNER_FILE, podsNode, RELEASE, RUN_ROOT, SIM_RESOURCE, statePath, WRITTEN_ANYWAY, type PodsNode,
 } from './layout.js';
 import { addBridge, addRules, ipForward, setIpForward } from './network.js';
-import { makeCgroups, startContainerd, startKubelet } from './node.js';
+import { makeCgroups, openPodResources, startContainerd, startKubelet } from './node.js';
 import { daemon, exists, sh, waitFor } from './sh.js';
 
 export interface PodsOptions {
@@ -166,6 +166,7 @@ async function startNodes(dir: string, nodes: PodsNode[], bins: PodsBinaries, im
     const ready = list.items.filter((n) => n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True')).map((n) => n.metadata?.name);
     return nodes.every((n) => ready.includes(n.name)) ? true : undefined;
   }, 500);
+  await Promise.all(nodes.map((n) => openPodResources(n)));
   say(`nodes ${nodes.map((n) => `${n.name} (${n.ip})`).join(', ')} Ready, with ${images.devmig.name} imported`);
 }
 
@@ -176,6 +177,11 @@ export function installValues(o: PodsOptions, images: Pick<Images, 'devmig'>): s
     '--set', 'agent.kernel.enabled=false', '--set', 'agent.simulated.enabled=true', '--set', 'agent.simulated.onNode=true',
     '--set', `agent.simulated.devices=${o.devices}`, '--set', `agent.simulated.stateSize=${o.stateSize}`, '--set', `agent.stateDir=${DEVICE_ROOT}`,
     '--set', `controller.replicas=${o.controllerReplicas ?? 2}`,
+    // The kubelet's PodResources, as on a real node: a device a pod was given (the test device plugin
+    // advertises simulated devices as devmig.io/sim, by name) is never a target. Each node's kubelet
+    // has its own root under LIB_ROOT.
+    '--set', 'agent.podResources.withSimulated=true', '--set', `agent.podResources.dir=${LIB_ROOT}`,
+    '--set-string', 'agent.podResources.subPathExpr=$(NODE_NAME)/kubelet/pod-resources', '--set-json', `agent.podResources.resources=${JSON.stringify({ [SIM_RESOURCE]: 'name' })}`,
   ];
 }
 

@@ -22,6 +22,8 @@ export const KUBERNETES_SERVICE_IP = '10.96.0.1';
 /** The user the chart's agents run as: the hostPath state directories must be theirs. */
 export const AGENT_UID = 65532;
 export const RELEASE = 'devmig';
+/** What the test device plugin advertises the simulated devices as, by name (agent.podResources.resources). */
+export const SIM_RESOURCE = 'devmig.io/sim';
 export const NAMESPACE = 'devmig-system';
 /** Paths that kubelet, containerd, CNI and buildah write whatever their configuration says. */
 export const WRITTEN_ANYWAY = ['/var/lib/kubelet', '/var/log/pods', '/var/log/containers', '/var/lib/cni', '/run/containerd', '/var/lib/containers', '/run/netns'];

@@ -3,12 +3,12 @@
  * bridge) and its own kubelet (port on the node's address, pod CIDR, cgroup root, root dir, pod logs),
  * as KUBELET-CLUSTER facts say a second node on one machine needs.
  */
-import { copyFile, mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { PAUSE_IMAGE } from './images.js';
-import { logDir, type PodsNode } from './layout.js';
-import { daemon, exists, sh, waitFor } from './sh.js';
+import { AGENT_UID, logDir, type PodsNode } from './layout.js';
+import { daemon, exists, sh, shOk, waitFor } from './sh.js';
 
 const CNI_BIN = '/usr/lib/cni';
 const CGROUP_FS = '/sys/fs/cgroup';
@@ -162,8 +162,42 @@ export async function startKubelet(dir: string, node: PodsNode, f: KubeletFiles)
   await writeFile(config, kubeletConfig(node, f.clientCaFile));
   const kubeconfig = join(node.lib, 'kubeconfig');
   await copyFile(f.kubeconfig, kubeconfig);
-  return daemon(f.kubelet, [
-    '--config', config, '--kubeconfig', kubeconfig, '--root-dir', join(node.lib, 'kubelet'),
+  const root = kubeletRoot(node);
+  const plugins = join(root, 'device-plugins');
+  for (const d of [plugins, KUBELET_DEVICE_PLUGINS]) await mkdir(d, { recursive: true });
+  // The root dir is a shared mount before the kubelet gets its own mount namespace: the volumes it
+  // mounts there (Secrets, projected tokens) propagate to the host's, where containerd and runc are.
+  if (!(await shOk('mountpoint', ['-q', root]))) await sh('mount', ['--bind', root, root]);
+  await sh('mount', ['--make-shared', root]);
+  // The device manager serves at /var/lib/kubelet/device-plugins whatever --root-dir says (a constant
+  // in Kubernetes): kubelets sharing a host would take each other's kubelet.sock. Each sees its own
+  // node's directory there, in a mount namespace of its own; the mount over the host's private root
+  // mount stays in it.
+  return daemon('unshare', [
+    '--mount', '--propagation', 'unchanged', '--', 'sh', '-c', `mount --bind "$0" ${KUBELET_DEVICE_PLUGINS} && exec "$@"`, plugins, f.kubelet,
+    '--config', config, '--kubeconfig', kubeconfig, '--root-dir', root,
     '--hostname-override', node.name, '--node-ip', node.ip, '--node-labels', 'devmig.io/vfio=true', '--v', '1',
   ], join(logDir(dir), `kubelet-${node.name}.log`));
+}
+
+/** Where every kubelet's device manager listens, and device plugins register (Kubernetes' DevicePluginPath). */
+const KUBELET_DEVICE_PLUGINS = '/var/lib/kubelet/device-plugins';
+
+/** The node's kubelet root: its device-plugins and pod-resources directories are under it. */
+export const kubeletRoot = (node: PodsNode) => join(node.lib, 'kubelet');
+
+/**
+ * Lets the chart's simulated agents (uid and gid 65532, agent.podResources.withSimulated) read this
+ * kubelet's PodResources API. The kubelet makes its socket root's alone; on a real node the agents
+ * that read it are root. Only the agents' group gets in: the directory 0750 and the socket 0660, group
+ * 65532. Done once the kubelet made them (it does before the node goes Ready).
+ */
+export async function openPodResources(node: PodsNode): Promise<void> {
+  const dir = join(kubeletRoot(node), 'pod-resources');
+  const socket = join(dir, 'kubelet.sock');
+  await waitFor(`the PodResources socket of ${node.name} (${socket})`, 60_000, async () => ((await exists(socket)) ? true : undefined));
+  await chown(dir, 0, AGENT_UID);
+  await chmod(dir, 0o750);
+  await chown(socket, 0, AGENT_UID);
+  await chmod(socket, 0o660);
 }
