@@ -5,11 +5,17 @@
  * Every device is read from its node's hostPath, never through devmig.
  */
 import * as k8s from '@kubernetes/client-node';
+import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { API_VERSION } from '../../src/api/names.js';
 import { inFlight, isFree } from '../../src/controller/validate.js';
 import type { DeviceEvacuation, DeviceMigration } from '../../src/kube/kube.js';
 import { waitReleaseReady } from '../../src/local/pods/cluster.js';
+import { PAUSE_IMAGE } from '../../src/local/pods/images.js';
+import { podsNode, SIM_RESOURCE } from '../../src/local/pods/layout.js';
+import { kubeletRoot } from '../../src/local/pods/node.js';
 import { sh } from '../../src/local/pods/sh.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
 import { until } from '../helpers/agents.js';
@@ -197,6 +203,57 @@ describe('the source agent pod deleted mid-stream (--grace-period=0)', () => {
   }, 300_000);
 });
 
+describe('a device the kubelet gave to a pod (PodResources, a device plugin)', () => {
+  it('shows the pod on its DeviceNode, and no migration may put state on it; once the pod is gone it is free again', async () => {
+    const node = podsNode(2);
+    const device = await freeDevice(node.name);
+    const targetBefore = await simDigest(c.simDir(node.name), device);
+    // The test device plugin, registered with node-2's kubelet, advertises that one device by name.
+    const plugin = spawn(process.execPath, [fileURLToPath(new URL('../../dist/tools/device-plugin.js', import.meta.url)),
+      '--dir', join(kubeletRoot(node), 'device-plugins'), '--resource', SIM_RESOURCE, '--devices', device], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let pluginLog = '';
+    plugin.stdout.on('data', (d: Buffer) => { pluginLog += d.toString(); });
+    plugin.stderr.on('data', (d: Buffer) => { pluginLog += d.toString(); });
+    const workload = 'pods-workload';
+    try {
+      await until(`node-2 allocatable ${SIM_RESOURCE}: 1`, async () => {
+        const n = await c.kube.core.readNode({ name: node.name });
+        return n.status?.allocatable?.[SIM_RESOURCE] === '1' || undefined;
+      }, 60_000, 500).catch((e: Error) => Promise.reject(new Error(`${e.message}; the device plugin said: ${pluginLog}`)));
+      await c.kube.core.createNamespacedPod({ namespace: 'default', body: {
+        metadata: { name: workload },
+        spec: {
+          nodeSelector: { 'kubernetes.io/hostname': node.name },
+          containers: [{ name: 'workload', image: PAUSE_IMAGE, imagePullPolicy: 'Never', resources: { limits: { [SIM_RESOURCE]: '1' } } }],
+        },
+      } });
+      await until(`pod ${workload} Running`, async () => (await c.kube.core.readNamespacedPod({ name: workload, namespace: 'default' })).status?.phase === 'Running' || undefined, 120_000, 500);
+      // The agent read it from the kubelet's PodResources socket: the DeviceNode names the pod.
+      const shown = await until(`${node.name}/${device} Allocated to default/${workload}`, async () => {
+        const d = (await c.kube.getDeviceNode(node.name))?.status?.devices?.find((x) => x.name === device);
+        return d?.occupancy?.state === 'Allocated' ? d.occupancy : undefined;
+      }, 60_000, 500);
+      expect(shown.pods).toEqual([expect.objectContaining({ namespace: 'default', pod: workload, resource: SIM_RESOURCE })]);
+      expect(await freeDevices(node.name)).not.toContain(device);
+      // A migration aimed at it is refused, and nothing moves: neither the source nor the pod's device.
+      const source = held.find((h) => h.node === 'node-1') ?? { node: 'node-1', device: await freeDevice('node-1') };
+      const sourceBefore = await simDigest(c.simDir('node-1'), source.device);
+      await c.kube.createMigration({ metadata: { name: 'pods-onto-allocated' }, spec: { source, target: { node: node.name, device } } });
+      const m = await settled(c.kube, 'pods-onto-allocated');
+      expect(m.status?.phase).toBe('Failed');
+      expect(m.status?.failure).toMatchObject({ reason: 'DeviceOccupied', message: expect.stringContaining(`pod default/${workload}`) as unknown });
+      expect(m.status?.arcs ?? []).toEqual([]);
+      expect(await simDigest(c.simDir('node-1'), source.device)).toMatchObject({ sha256: sourceBefore.sha256, state: 'RUNNING' });
+      expect((await simDigest(c.simDir(node.name), device)).sha256).toBe(targetBefore.sha256);
+    } finally {
+      await c.kube.core.deleteNamespacedPod({ name: workload, namespace: 'default', gracePeriodSeconds: 0 }).catch(() => undefined);
+      plugin.kill('SIGTERM');
+    }
+    // The kubelet no longer lists it: the device is what it was before, free to receive.
+    await until(`${node.name}/${device} free again`, async () => ((await freeDevices(node.name)).includes(device) ? true : undefined), 120_000, 1000);
+  }, 300_000);
+});
+
 describe('logs and metrics, as an operator reads them', () => {
   it('kubectl logs of the controller, the agents and the holders are pino JSON', async () => {
     for (const [component, container] of [['controller', 'controller'], ['agent', 'agent'], ['holder', 'holder']] as const) {
@@ -222,7 +279,7 @@ describe('logs and metrics, as an operator reads them', () => {
 });
 
 describe('the image, as built from the Dockerfile', () => {
-  it('is lean: no package that only the build needs, and one Node binary (the base image\'s)', async () => {
+  it('is lean: no package that only the build needs, one Node binary (the base image\'s), no declarations or source maps', async () => {
     // What npm marks dev-only in the lockfile must not be in the image (npm prune --omit=dev).
     const lock = JSON.parse(await readFile(new URL('../../package-lock.json', import.meta.url), 'utf8')) as { packages: Record<string, { dev?: boolean }> };
     const devOnly = Object.entries(lock.packages).filter(([p, v]) => p && v.dev).map(([p]) => p);
@@ -230,16 +287,19 @@ describe('the image, as built from the Dockerfile', () => {
     const script = `
       const fs = require('fs'), path = require('path');
       const dev = JSON.parse(process.argv[1]).filter((p) => fs.existsSync('/app/' + p));
-      const nodes = [];
+      const nodes = [], notRun = [];
       const walk = (d) => { let es = []; try { es = fs.readdirSync(d, { withFileTypes: true }); } catch { return; }
         for (const e of es) { const p = path.join(d, e.name);
           if (e.isDirectory() && !['/proc', '/sys', '/dev'].includes(p)) walk(p);
-          else if (e.isFile() && e.name === 'node' && fs.statSync(p).size > 10e6) nodes.push(p); } };
+          else if (e.isFile() && e.name === 'node' && fs.statSync(p).size > 10e6) nodes.push(p);
+          else if (e.isFile() && p.startsWith('/app/node_modules/') && /\\.(d\\.[cm]?ts|map)$/.test(e.name)) notRun.push(p); } };
       walk('/');
-      console.log(JSON.stringify({ dev, nodes }));`;
+      console.log(JSON.stringify({ dev, nodes, notRun: notRun.length }));`;
     const pod = (await pods('controller'))[0]!.metadata!.name!;
     const found = JSON.parse(await c.kubectl('exec', '-n', ns, pod, '-c', 'controller', '--', 'node', '-e', script, JSON.stringify(devOnly))) as { dev: string[]; nodes: string[] };
-    expect(found).toEqual({ dev: [], nodes: ['/usr/local/bin/node'] });
+    // Nor the dependencies' type declarations and source maps: node never reads them (the Dockerfile
+    // deletes them; devmig's own maps stay, for --enable-source-maps).
+    expect(found).toEqual({ dev: [], nodes: ['/usr/local/bin/node'], notRun: 0 });
   }, 120_000);
 });
 
