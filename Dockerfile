@@ -10,8 +10,12 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY bin ./bin
+# Then only what runs: no dev dependencies, no second Node binary (the `node` package pins the
+# project's Node for npm scripts), and no type declarations or source maps (about 40 MiB of
+# @kubernetes/client-node and the rest, read by editors and debuggers, never by `node`).
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund \
-    && rm -rf node_modules/node node_modules/.bin/node
+    && rm -rf node_modules/node node_modules/.bin/node \
+    && find node_modules -type f \( -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' \) -delete
 
 FROM node:24-bookworm-slim
 LABEL org.opencontainers.image.title="devmig" \
