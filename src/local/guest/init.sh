@@ -18,6 +18,7 @@ for w in $(cat /proc/cmdline); do
   case "$w" in
     devmig.run=*) run=${w#devmig.run=} ;;
     devmig.out=*) out=${w#devmig.out=} ;;
+    devmig.keep=*) keep=${w#devmig.keep=} ;;
   esac
 done
 
@@ -27,9 +28,13 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /h
 mount --rbind /proc /host/proc
 mount --rbind /sys /host/sys
 mount --rbind /dev /host/dev
+# The repository stays visible even where the guest's own tmpfs go (a fresh clone in /tmp): held
+# aside before they are mounted, put back at its path after.
+if [ -n "$keep" ]; then mkdir -p /keep && mount --bind "/host$keep" /keep; fi
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp
 mount -t tmpfs -o mode=755 tmpfs /host/run
 mkdir -p /host/dev/shm && mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+if [ -n "$keep" ]; then mkdir -p "/host$keep" 2>/dev/null; mount --bind /keep "/host$keep" || { echo "devmig-guest: cannot keep $keep"; reboot -f; }; fi
 # The run's directory, writable and uncached: the host reads what the guest writes there.
 mkdir -p "/host$out" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "/host$out" || { echo "devmig-guest: no out share at $out"; reboot -f; }

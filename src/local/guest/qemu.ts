@@ -11,7 +11,14 @@ import { spawn } from 'node:child_process';
 import { closeSync, createWriteStream, openSync } from 'node:fs';
 import { access, constants, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { GuestFiles } from './artifacts.js';
+
+/**
+ * The repository the guest runs, kept visible under the guest's own tmpfs (init.sh): a fresh clone
+ * in /tmp, as a CI's may be, was hidden by the guest's /tmp ("can't cd to /tmp/...").
+ */
+const REPO = fileURLToPath(new URL('../../../', import.meta.url)).replace(/\/$/, '');
 
 export interface Forward {
   /** A loopback address on the host: 127.0.0.1, 127.0.3.2, ... */
@@ -46,7 +53,7 @@ export async function qemuArgs(o: BootOptions): Promise<string[]> {
     ...(await accel()), '-m', String(o.memoryMiB ?? 2048), '-smp', String(o.cpus ?? 2),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', 'stdio', '-monitor', 'none',
     '-kernel', o.files.image, '-initrd', o.files.initramfs,
-    '-append', `console=ttyS0 panic=-1 loglevel=4 pci=noacpi devmig.run=${o.script} devmig.out=${o.out}`,
+    '-append', `console=ttyS0 panic=-1 loglevel=4 pci=noacpi devmig.run=${o.script} devmig.out=${o.out} devmig.keep=${REPO}`,
     '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
     '-virtfs', `local,path=${o.out},mount_tag=out,security_model=none,multidevs=remap`,
     '-netdev', `user,id=n0,restrict=off${fwd}`, '-device', 'virtio-net-pci,netdev=n0',
