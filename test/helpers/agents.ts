@@ -1,5 +1,6 @@
 /** Real agents for tests: a CA and certificates (src/local/pki.ts), agents on loopback addresses, port 0. */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
@@ -14,6 +15,18 @@ export interface Pki {
   agent(node: string): Promise<Material>;
   /** A certificate from another CA, with a trusted-looking name. */
   rogue: Material;
+}
+
+/** A test file's scratch directory with the installation's PKI in it: made before its tests, removed after them. */
+export function scratchWithPki(name: string): { readonly dir: string; readonly pki: Pki } {
+  let dir = '';
+  let pki: Pki | undefined;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), `devmig-${name}-`));
+    pki = await makePki(dir);
+  });
+  afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+  return { get dir() { return dir; }, get pki() { return pki!; } };
 }
 
 export async function makePki(dir: string): Promise<Pki> {

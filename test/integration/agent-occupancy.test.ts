@@ -3,36 +3,28 @@
  * its journal that outlives restarts and every migration, refusals that say what to do, and the
  * only ways a device becomes free again, each a reset.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Agent } from '../../src/agent/agent.js';
 import { parseAgentConfig, ConfigError } from '../../src/agent/config.js';
 import type { AgentClient } from '../../src/agentapi/client.js';
 import { newTicket } from '../../src/agent/identity.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
-import { agentConfig, controllerClient, makePki, startAgent, until, type Pki } from '../helpers/agents.js';
+import { agentConfig, controllerClient, startAgent, until, scratchWithPki } from '../helpers/agents.js';
 
-let dir: string;
-let pki: Pki;
+const workdir = scratchWithPki('occupancy');
 let source: Agent;
 let target: Agent;
 let src: AgentClient;
 let dst: AgentClient;
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'devmig-occupancy-'));
-  pki = await makePki(dir);
-});
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
 
 beforeEach(async () => {
-  const run = join(dir, `run-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`);
-  source = await startAgent(await agentConfig(run, pki, 'node-a', '127.0.0.2', [{ name: 'sim-0' }, { name: 'sim-1' }]));
+  const run = join(workdir.dir, `run-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`);
+  source = await startAgent(await agentConfig(run, workdir.pki, 'node-a', '127.0.0.2', [{ name: 'sim-0' }, { name: 'sim-1' }]));
   // The target declares only sim-0 spare: sim-1, found at its first start, may hold a workload's state.
-  target = await startAgent(await agentConfig(run, pki, 'node-b', '127.0.0.3', [{ name: 'sim-0' }, { name: 'sim-1' }], { spare: ['sim-0'] }));
-  src = controllerClient(source, pki);
-  dst = controllerClient(target, pki);
+  target = await startAgent(await agentConfig(run, workdir.pki, 'node-b', '127.0.0.3', [{ name: 'sim-0' }, { name: 'sim-1' }], { spare: ['sim-0'] }));
+  src = controllerClient(source, workdir.pki);
+  dst = controllerClient(target, workdir.pki);
 });
 afterEach(async () => {
   src.close();
@@ -61,7 +53,7 @@ async function restartTarget(): Promise<void> {
   dst.close();
   await target.stop();
   target = await startAgent(config);
-  dst = controllerClient(target, pki);
+  dst = controllerClient(target, workdir.pki);
 }
 
 describe('what a device holds', () => {
@@ -164,11 +156,11 @@ describe('the config', () => {
 describe('the kubelet\'s allocations, read over the PodResources gRPC API', () => {
   it('nothing is received while they are unknown; a device a pod has is never a target; a kubelet gone keeps the last answer', async () => {
     const { FakePodResources } = await import('../helpers/podresources-server.js');
-    const socket = join(dir, `pr-${Date.now()}.sock`);
-    const run = join(dir, `kubelet-${Date.now()}`);
-    const agent = await startAgent(await agentConfig(run, pki, 'node-c', '127.0.0.4', [{ name: 'sim-0' }, { name: 'sim-1' }],
+    const socket = join(workdir.dir, `pr-${Date.now()}.sock`);
+    const run = join(workdir.dir, `kubelet-${Date.now()}`);
+    const agent = await startAgent(await agentConfig(run, workdir.pki, 'node-c', '127.0.0.4', [{ name: 'sim-0' }, { name: 'sim-1' }],
       { podResources: { socket, intervalSeconds: 0.2, timeoutSeconds: 1, resources: { 'devmig.io/sim': 'name' } } }));
-    const c = controllerClient(agent, pki);
+    const c = controllerClient(agent, workdir.pki);
     try {
       // No kubelet answers yet: the agent cannot tell, so it gives nothing away.
       await expect(c.receive('sim-0', { migration: 'm8', op: 'prepare', ticket: newTicket(), sourceNode: 'node-a' }))

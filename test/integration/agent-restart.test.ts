@@ -4,23 +4,16 @@
  * and the migration completes on a retry. Without the holder the device is reset, as the kernel does.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Agent } from '../../src/agent/agent.js';
 import { AgentClient } from '../../src/agentapi/client.js';
 import { newTicket } from '../../src/agent/identity.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
-import { agentConfig, controllerClient, makePki, startAgent, until, type Pki } from '../helpers/agents.js';
+import { agentConfig, controllerClient, startAgent, until, scratchWithPki } from '../helpers/agents.js';
 import { devmigBin } from '../helpers/cli.js';
 
-let dir: string;
-let pki: Pki;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'devmig-restart-'));
-  pki = await makePki(dir);
-});
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
+const workdir = scratchWithPki('restart');
 
 function spawnAgent(configPath: string): ChildProcess {
   const child = spawn(process.execPath, [devmigBin, 'agent', '--config', configPath], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DEVMIG_LOG_LEVEL: 'warn' } });
@@ -47,14 +40,14 @@ describe.each([
   ['without the fd holder', false],
 ])('agent SIGKILLed mid-stream %s', (_label, holder) => {
   it(holder ? 'keeps the device state and completes on retry' : 'loses the stopped device state to a reset', async () => {
-    const run = join(dir, holder ? 'held' : 'bare');
+    const run = join(workdir.dir, holder ? 'held' : 'bare');
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const cfgA = await agentConfig(run, pki, 'node-a', '127.0.0.2', [{ name: 'sim-0', stateSize: '16Mi' }], { holder, listen: { host: '127.0.0.2', port } });
-    const target: Agent = await startAgent(await agentConfig(run, pki, 'node-b', '127.0.0.3', [{ name: 'sim-0', stateSize: '16Mi' }]));
-    const dst = controllerClient(target, pki);
+    const cfgA = await agentConfig(run, workdir.pki, 'node-a', '127.0.0.2', [{ name: 'sim-0', stateSize: '16Mi' }], { holder, listen: { host: '127.0.0.2', port } });
+    const target: Agent = await startAgent(await agentConfig(run, workdir.pki, 'node-b', '127.0.0.3', [{ name: 'sim-0', stateSize: '16Mi' }]));
+    const dst = controllerClient(target, workdir.pki);
     const simA = cfgA.devices.simulated!.dir;
     const endpoint = `https://127.0.0.2:${port}`;
-    const mk = () => new AgentClient(endpoint, pki.controller, 'node-a', 5000);
+    const mk = () => new AgentClient(endpoint, workdir.pki.controller, 'node-a', 5000);
     let agentA = spawnAgent(join(run, 'node-a', 'agent.json'));
     let src = await endpointOf(agentA, '127.0.0.2', port, mk);
     try {

@@ -1,34 +1,27 @@
 import { connect } from 'node:http2';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Agent } from '../../src/agent/agent.js';
 import { AgentCallError, type AgentClient } from '../../src/agentapi/client.js';
 import { newTicket } from '../../src/agent/identity.js';
 import { clientOptions } from '../../src/relay/h2.js';
 import { simDigest } from '../../src/vfio/sim/digest.js';
-import { agentConfig, controllerClient, makePki, startAgent, until, type Pki } from '../helpers/agents.js';
+import { agentConfig, controllerClient, startAgent, until, scratchWithPki, type Pki } from '../helpers/agents.js';
 
-let dir: string;
-let pki: Pki;
+const workdir = scratchWithPki('agent');
 let source: Agent;
 let target: Agent;
 let src: AgentClient;
 let dst: AgentClient;
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'devmig-agent-'));
-  pki = await makePki(dir);
-});
-afterAll(async () => { await rm(dir, { recursive: true, force: true }); });
 
 beforeEach(async () => {
-  const run = join(dir, `run-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`);
-  source = await startAgent(await agentConfig(run, pki, 'node-a', '127.0.0.2', [{ name: 'sim-0' }, { name: 'sim-1', stateSize: '16Mi' }]));
-  target = await startAgent(await agentConfig(run, pki, 'node-b', '127.0.0.3', [{ name: 'sim-0' }, { name: 'sim-1', stateSize: '16Mi' }]));
-  src = controllerClient(source, pki);
-  dst = controllerClient(target, pki);
+  const run = join(workdir.dir, `run-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`);
+  source = await startAgent(await agentConfig(run, workdir.pki, 'node-a', '127.0.0.2', [{ name: 'sim-0' }, { name: 'sim-1', stateSize: '16Mi' }]));
+  target = await startAgent(await agentConfig(run, workdir.pki, 'node-b', '127.0.0.3', [{ name: 'sim-0' }, { name: 'sim-1', stateSize: '16Mi' }]));
+  src = controllerClient(source, workdir.pki);
+  dst = controllerClient(target, workdir.pki);
 });
 afterEach(async () => {
   src.close();
@@ -61,7 +54,7 @@ async function restartTarget(step?: string, meanwhile?: () => Promise<void>) {
   }
   await meanwhile?.();
   target = await startAgent(config);
-  dst = controllerClient(target, pki);
+  dst = controllerClient(target, workdir.pki);
 }
 
 async function verified(m: string) {
@@ -349,7 +342,7 @@ describe('agent: a migration through the control API', () => {
     await draining;
     source = await startAgent(source.ctx.config);
     src.close();
-    src = controllerClient(source, pki);
+    src = controllerClient(source, workdir.pki);
     source.ctx.draining = true;
     await expect(src.ready()).rejects.toMatchObject({ status: 503 });
     await expect(src.setState('sim-0', { migration: 'm6', op: 'x', state: 'STOP' })).rejects.toMatchObject({ status: 503, code: 'Draining' });
@@ -360,7 +353,7 @@ describe('agent: a migration through the control API', () => {
 
 describe('agent: bad input changes nothing', () => {
   async function raw(path: string, body: string | Buffer, headers: Record<string, string> = {}) {
-    const s = connect(source.endpoint, clientOptions(pki.controller, 'node-a'));
+    const s = connect(source.endpoint, clientOptions(workdir.pki.controller, 'node-a'));
     s.on('error', () => undefined);
     const req = s.request({ ':method': 'POST', ':path': path, 'content-type': 'application/json', ...headers });
     req.end(body);
@@ -414,17 +407,17 @@ describe('agent: authentication and tickets', () => {
   }
 
   it('refuses no credentials, another CA, and an agent driving devices', async () => {
-    const none = await call({ ca: pki.controller.ca });
+    const none = await call({ ca: workdir.pki.controller.ca });
     expect(none.status).toBe(401);
     expect(none.text).toMatch(/no client certificate/);
-    const rogue = await call(pki.rogue);
+    const rogue = await call(workdir.pki.rogue);
     expect(rogue.status).toBe(401);
-    const agentB = await pki.agent('node-b');
+    const agentB = await workdir.pki.agent('node-b');
     const asAgent = new (await import('../../src/agentapi/client.js')).AgentClient(source.endpoint, agentB, 'node-a');
     await expect(asAgent.setState('sim-0', { migration: 'm', op: 'a', state: 'STOP' })).rejects.toMatchObject({ status: 403 });
     asAgent.close();
     expect((await src.device('sim-0')).state).toBe('RUNNING');
-    expect((await call({ ca: pki.controller.ca }, '/healthz')).status).toBe(200);
+    expect((await call({ ca: workdir.pki.controller.ca }, '/healthz')).status).toBe(200);
   });
 
   async function stream(as: Pki['controller'], migration: string, device: string, ticket: string, data: Buffer, trailers?: Record<string, string>,
@@ -448,13 +441,13 @@ describe('agent: authentication and tickets', () => {
     await dst.receive('sim-0', { migration: 'm7', op: 'prepare', ticket, sourceNode: 'node-a' });
     const other = newTicket();
     await dst.receive('sim-1', { migration: 'm8', op: 'prepare', ticket: other, sourceNode: 'node-a' });
-    const a = await pki.agent('node-a');
-    const c = await pki.agent('node-c');
+    const a = await workdir.pki.agent('node-a');
+    const c = await workdir.pki.agent('node-c');
     const junk = Buffer.alloc(1000, 1);
     expect((await stream(c, 'm7', 'sim-0', ticket, junk)).status).toBe(403);                 // wrong agent
     expect((await stream(a, 'm7', 'sim-0', other, junk)).status).toBe(403);                  // another migration's ticket
     expect((await stream(a, 'm7', 'sim-1', ticket, junk)).status).toBe(403);                 // another device
-    expect((await stream(pki.controller, 'm7', 'sim-0', ticket, junk)).status).toBe(403);    // not an agent
+    expect((await stream(workdir.pki.controller, 'm7', 'sim-0', ticket, junk)).status).toBe(403);    // not an agent
     const sessions = (await dst.migration('m7')).sessions;
     expect(sessions[0]).toMatchObject({ phase: 'Waiting', bytes: 0 });
     const bad = await stream(a, 'm7', 'sim-0', ticket, junk, { 'devmig-bytes': '1000', 'devmig-digest': 'sha256:00' });
@@ -467,7 +460,7 @@ describe('agent: authentication and tickets', () => {
   it('a stream whose count or digest differs is refused and cannot be committed', async () => {
     // Carry a real device stream but lie in the trailers.
     const { SimDevice } = await import('../../src/vfio/sim/device.js');
-    const scratch = await SimDevice.open({ dir: join(dir, 'scratch'), name: 'x', stateSize: 4 * 2 ** 20 });
+    const scratch = await SimDevice.open({ dir: join(workdir.dir, 'scratch'), name: 'x', stateSize: 4 * 2 ** 20 });
     const r = await scratch.setState('STOP_COPY');
     const parts: Buffer[] = [];
     for (;;) {
@@ -478,7 +471,7 @@ describe('agent: authentication and tickets', () => {
     }
     await scratch.close();
     const data = Buffer.concat(parts);
-    const a = await pki.agent('node-a');
+    const a = await workdir.pki.agent('node-a');
     for (const [m, trailers, why] of [
       ['m9', { 'devmig-bytes': String(data.length + 5), 'devmig-digest': 'sha256:x' }, /short/],
       ['m10', { 'devmig-bytes': String(data.length), 'devmig-digest': 'sha256:0000' }, /corrupt/],
@@ -493,13 +486,13 @@ describe('agent: authentication and tickets', () => {
       await dst.cancel(m, { op: 'cancel' });
       await dst.release('sim-0', { migration: m, op: 'release' });
     }
-    await writeFile(join(dir, 'unused'), '');
+    await writeFile(join(workdir.dir, 'unused'), '');
   });
 
   it('a stream with a digest the target does not accept is refused before a byte is read; the ticket stays unspent', async () => {
     const ticket = newTicket();
     await dst.receive('sim-0', { migration: 'm11', op: 'prepare', ticket, sourceNode: 'node-a' });
-    const a = await pki.agent('node-a');
+    const a = await workdir.pki.agent('node-a');
     const weak = target.ctx.config.digest === 'crc32' ? 'sha256' : 'crc32';
     const res = await stream(a, 'm11', 'sim-0', ticket, Buffer.alloc(1000, 1), undefined, { 'devmig-digest-algorithm': weak });
     expect(res.status).toBe(422);
