@@ -66,7 +66,13 @@ export class AgentClient {
     // Every way a request can end must settle it: an answer, an error, a timeout, or a stream that
     // closes without either (its peer died, its session went away). A close() alone emits no error,
     // and waiting for a response that never comes hung a reconcile pass forever.
-    req.setTimeout(this.timeoutMs, () => req.destroy(new Error(`${what}: no answer in ${this.timeoutMs} ms`)));
+    // A peer that does not answer in time may be gone without a word (a pod deleted with its network:
+    // no RST ever comes), and every later request on its session would wait as long: the session goes
+    // too, and the next call connects afresh (to the endpoint the agent publishes now, if it moved).
+    req.setTimeout(this.timeoutMs, () => {
+      req.destroy(new Error(`${what}: no answer in ${this.timeoutMs} ms`));
+      this.drop(session);
+    });
     const answered = new Promise<Record<string, string | number>>((resolve, reject) => {
       req.once('response', resolve);
       req.once('error', reject);
@@ -97,6 +103,11 @@ export class AgentClient {
     ]);
     this.session = s;
     return s;
+  }
+
+  private drop(s: ClientHttp2Session): void {
+    if (this.session === s) this.session = undefined;
+    s.destroy();
   }
 }
 
