@@ -128,3 +128,17 @@ describe('what a command loads', () => {
     await expect(run('local', 'down', '--dir', '/nonexistent')).resolves.toMatchObject({ stderr: expect.stringMatching(/the Kubernetes client was imported/) as unknown });
   });
 });
+
+describe('devmig local: options refused before anything starts', () => {
+  it.each([
+    [['--pods', '--kernel'], /--pods and --kernel: choose one/],
+    [['--pods', '--nodes', '9'], /--nodes 9: the pods environment runs at most 8 nodes/],
+    [['--kernel', 'sparc'], /--kernel sparc: give debian .* or cdev/],
+    [['--nodes', '1'], /--nodes 1: give a whole number from 2 to 50/],
+  ])('local up %p', async (args, why) => {
+    const dir = `/nonexistent/devmig-cli-${process.pid}`;
+    const r = await runCli(['local', 'up', '--dir', dir, ...args]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(why);
+  });
+});

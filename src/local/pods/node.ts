@@ -150,6 +150,9 @@ export async function startContainerd(dir: string, node: PodsNode): Promise<numb
   return pid;
 }
 
+/** Where every kubelet's device manager listens, and device plugins register (Kubernetes' DevicePluginPath). */
+const KUBELET_DEVICE_PLUGINS = '/var/lib/kubelet/device-plugins';
+
 export interface KubeletFiles {
   readonly kubelet: string;
   readonly kubeconfig: string;
@@ -180,8 +183,6 @@ export async function startKubelet(dir: string, node: PodsNode, f: KubeletFiles)
   ], join(logDir(dir), `kubelet-${node.name}.log`));
 }
 
-/** Where every kubelet's device manager listens, and device plugins register (Kubernetes' DevicePluginPath). */
-const KUBELET_DEVICE_PLUGINS = '/var/lib/kubelet/device-plugins';
 
 /** The node's kubelet root: its device-plugins and pod-resources directories are under it. */
 export const kubeletRoot = (node: PodsNode) => join(node.lib, 'kubelet');
