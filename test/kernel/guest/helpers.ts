@@ -7,6 +7,7 @@ import { discoverVfioDevices } from '../../../src/agent/discover.js';
 import type { ResumeStream, SaveStream, SetStateResult } from '../../../src/vfio/device.js';
 import { openKernelDevice, type KernelDevice } from '../../../src/vfio/kernel.js';
 import { createMdev, removeMdev, type MttyType } from '../../../src/local/guest/mtty.js';
+export { readUntilPause } from '../../helpers/streams.js';
 
 export type Via = 'cdev' | 'group';
 
@@ -52,17 +53,6 @@ export async function readAll(s: SaveStream): Promise<Buffer> {
     const n = await s.read(b);
     if (n === 'ENOMSG') throw new Error('PRE_COPY pause while reading a STOP_COPY stream');
     if (n === 0) return Buffer.concat(parts);
-    parts.push(b.subarray(0, n));
-  }
-}
-
-/** Reads until the stream pauses (PRE_COPY's temporary end) or ends. */
-export async function readUntilPause(s: SaveStream): Promise<{ data: Buffer; end: 'ENOMSG' | 'EOF' }> {
-  const parts: Buffer[] = [];
-  for (;;) {
-    const b = Buffer.alloc(4096);
-    const n = await s.read(b);
-    if (n === 'ENOMSG' || n === 0) return { data: Buffer.concat(parts), end: n === 0 ? 'EOF' : 'ENOMSG' };
     parts.push(b.subarray(0, n));
   }
 }
